@@ -1,0 +1,471 @@
+"""The safetensors format: strict header parsing, a lazy mmap reader, a streaming writer.
+
+Layout of a file::
+
+    8 bytes   N, little-endian unsigned header length
+    N bytes   UTF-8 JSON object (padded with spaces):
+              {"__metadata__": {str: str},            optional
+               "<name>": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}, ...}
+    rest      the data area; offsets are relative to its start, and the tensors
+              must cover it completely, in order, without holes or overlaps
+
+The reader does not use the ``safetensors`` package: the header is untrusted
+input and is checked field by field before any size it claims is believed.
+Tensors are zero-copy views of a copy-on-write (``MAP_PRIVATE``) mapping, so
+writing to one never changes the file.
+
+The writer streams one tensor at a time and produces the same bytes as
+``safetensors.torch.save_file`` (tensors ordered by dtype rank, largest first,
+then by name; header padded with spaces to a multiple of 8). The one place
+the reference is not deterministic is the order of several metadata keys (it
+uses a hash map); we write them sorted.
+
+>>> save_safetensors({"w": torch.ones(2, 3)}, path, metadata={"format": "pt"})  # doctest: +SKIP
+>>> with SafetensorsReader(path) as reader:                                    # doctest: +SKIP
+...     w = reader.get("w")       # a (2, 3) view of the mapped file
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from typing import Mapping, Optional, Union
+
+import torch
+
+from ..errors import CheckpointError, CheckpointNotFoundError
+
+PathLike = Union[str, os.PathLike]
+
+MAX_HEADER_SIZE = 100_000_000
+"""Largest header we accept (bytes), as the reference implementation does."""
+
+LFS_PREFIX = b"version https://git-lfs"
+
+
+def _dtype_table() -> list[tuple[str, torch.dtype]]:
+    """(name, dtype) pairs in the reference's dtype rank order, smallest rank first."""
+    names = [
+        ("BOOL", "bool"), ("U8", "uint8"), ("I8", "int8"),
+        ("F8_E5M2", "float8_e5m2"), ("F8_E4M3", "float8_e4m3fn"), ("F8_E8M0", "float8_e8m0fnu"),
+        ("I16", "int16"), ("U16", "uint16"), ("F16", "float16"), ("BF16", "bfloat16"),
+        ("I32", "int32"), ("U32", "uint32"), ("F32", "float32"), ("C64", "complex64"),
+        ("F64", "float64"), ("I64", "int64"), ("U64", "uint64"),
+    ]
+    return [(code, getattr(torch, attr)) for code, attr in names if hasattr(torch, attr)]
+
+
+_TABLE = _dtype_table()
+DTYPES: dict[str, torch.dtype] = dict(_TABLE)
+"""safetensors dtype code -> torch dtype, for every code this torch supports."""
+_CODES: dict[torch.dtype, str] = {dtype: code for code, dtype in _TABLE}
+_RANK: dict[str, int] = {code: rank for rank, (code, _) in enumerate(_TABLE)}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives in a safetensors file.
+
+    Attributes:
+        dtype: the torch dtype.
+        shape: the shape.
+        start: absolute byte offset of the first byte in the file.
+        end: absolute byte offset one past the last byte.
+    """
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def numel(self) -> int:
+        return self.nbytes // self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """The validated header of a safetensors file.
+
+    Attributes:
+        tensors: name -> :class:`TensorInfo`, in data (file) order.
+        metadata: the ``__metadata__`` dict, or ``None`` when absent.
+        data_offset: absolute offset of the data area (``8 + N``).
+        file_size: size of the file in bytes.
+    """
+
+    tensors: dict[str, TensorInfo]
+    metadata: Optional[dict[str, str]]
+    data_offset: int
+    file_size: int
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _HeaderProblem(Exception):
+    """Internal: one validation failure, turned into a CheckpointError naming the file."""
+
+
+def _reject_duplicates(pairs: list) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _HeaderProblem(f"duplicate key {key!r} in the header")
+        seen[key] = value
+    return seen
+
+
+def _reject_constant(name: str):
+    raise _HeaderProblem(f"non-standard JSON constant {name} in the header")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_metadata(value) -> Optional[dict[str, str]]:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _HeaderProblem(f"__metadata__ must be an object of strings, got {type(value).__name__}")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise _HeaderProblem(f"__metadata__[{key!r}] must be a string, got {type(item).__name__}")
+    return value
+
+
+def _numel(name: str, shape, limit: int) -> int:
+    """Element count of ``shape``; stops early once it passes ``limit`` (no huge ints)."""
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise _HeaderProblem(f"tensor {name!r}: shape must be a list of non-negative ints, got {shape!r}")
+    if 0 in shape:
+        return 0
+    numel = 1
+    for dim in shape:
+        numel *= dim
+        if numel > limit:
+            return limit + 1
+    return numel
+
+
+def _parse_entry(name: str, entry, data_size: int, data_offset: int) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise _HeaderProblem(f"tensor {name!r}: entry must be an object, got {type(entry).__name__}")
+    for field in ("dtype", "shape", "data_offsets"):
+        if field not in entry:
+            raise _HeaderProblem(f"tensor {name!r}: missing field {field!r}")
+    code = entry["dtype"]
+    if not isinstance(code, str) or code not in DTYPES:
+        raise _HeaderProblem(f"tensor {name!r}: unknown dtype {code!r} (supported: {sorted(DTYPES)})")
+    dtype = DTYPES[code]
+    offsets = entry["data_offsets"]
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+        raise _HeaderProblem(f"tensor {name!r}: data_offsets must be two ints, got {offsets!r}")
+    begin, end = offsets
+    if not 0 <= begin <= end:
+        raise _HeaderProblem(f"tensor {name!r}: data_offsets {offsets} must satisfy 0 <= begin <= end")
+    if end > data_size:
+        raise _HeaderProblem(
+            f"tensor {name!r}: data_offsets {offsets} run past the end of the file "
+            f"(data area is {data_size} bytes)"
+        )
+    numel = _numel(name, entry["shape"], data_size)
+    if numel * dtype.itemsize != end - begin:
+        raise _HeaderProblem(
+            f"tensor {name!r}: shape {entry['shape']} of {code} needs "
+            f"{'more than the file holds' if numel > data_size else numel * dtype.itemsize} bytes "
+            f"but data_offsets {offsets} span {end - begin}"
+        )
+    return TensorInfo(dtype, tuple(entry["shape"]), data_offset + begin, data_offset + end)
+
+
+def _check_coverage(tensors: dict[str, TensorInfo], data_offset: int, file_size: int) -> dict[str, TensorInfo]:
+    """Sort by offset and require the data area to be covered exactly, in order."""
+    ordered = sorted(tensors.items(), key=lambda item: (item[1].start, item[1].end))
+    expected = data_offset
+    for name, info in ordered:
+        if info.start < expected:
+            raise _HeaderProblem(f"tensor {name!r} overlaps the tensor before it (starts at "
+                                 f"data offset {info.start - data_offset}, expected {expected - data_offset})")
+        if info.start > expected:
+            raise _HeaderProblem(f"hole in the data area before tensor {name!r} (starts at data offset "
+                                 f"{info.start - data_offset}, expected {expected - data_offset})")
+        expected = info.end
+    if expected != file_size:
+        raise _HeaderProblem(
+            f"the tensors cover {expected - data_offset} bytes but the data area holds "
+            f"{file_size - data_offset}; the file is truncated or has trailing bytes"
+        )
+    return dict(ordered)
+
+
+def _parse_header(raw: bytes, data_offset: int, file_size: int) -> SafetensorsHeader:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _HeaderProblem(f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise _HeaderProblem(f"header is not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(obj, dict):
+        raise _HeaderProblem(f"header must be a JSON object, got {type(obj).__name__}")
+    metadata = _parse_metadata(obj.pop("__metadata__", None))
+    data_size = file_size - data_offset
+    tensors = {name: _parse_entry(name, entry, data_size, data_offset) for name, entry in obj.items()}
+    tensors = _check_coverage(tensors, data_offset, file_size)
+    return SafetensorsHeader(tensors, metadata, data_offset, file_size)
+
+
+def lfs_pointer_message(path: PathLike) -> str:
+    """The hint for a git-lfs pointer file found where weights were expected."""
+    return (f"{os.fspath(path)} is a git-lfs pointer, not the weights: the repository was cloned "
+            "without git-lfs; run `git lfs install && git lfs pull` in it")
+
+
+def read_header(path: PathLike) -> SafetensorsHeader:
+    """Read and validate the header of a safetensors file; no tensor data is read.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The :class:`SafetensorsHeader`.
+
+    Raises:
+        CheckpointError: naming the file and the problem (truncated file,
+            oversized or malformed header, unknown dtype, bad shape or offsets,
+            overlaps or holes in the data area, non-string metadata, git-lfs pointer).
+        CheckpointNotFoundError: when the file does not exist.
+    """
+    try:
+        file = open(path, "rb")
+    except FileNotFoundError as exc:
+        raise CheckpointNotFoundError(f"safetensors file {os.fspath(path)} does not exist") from exc
+    with file:
+        file_size = os.fstat(file.fileno()).st_size
+        prefix = file.read(len(LFS_PREFIX))
+        if prefix == LFS_PREFIX:
+            raise CheckpointError(lfs_pointer_message(path))
+        head = prefix[:8]
+        if len(head) < 8:
+            raise CheckpointError(f"{os.fspath(path)}: not a safetensors file: only {file_size} bytes, "
+                                  "shorter than the 8-byte header length")
+        (length,) = struct.unpack("<Q", head)
+        if length > MAX_HEADER_SIZE:
+            raise CheckpointError(f"{os.fspath(path)}: invalid safetensors file: header length {length} "
+                                  f"exceeds the {MAX_HEADER_SIZE}-byte limit")
+        if 8 + length > file_size:
+            raise CheckpointError(f"{os.fspath(path)}: invalid safetensors file: header length {length} "
+                                  f"is larger than the file ({file_size} bytes); the file is truncated or not safetensors")
+        file.seek(8)
+        raw = file.read(length)
+    if len(raw) != length:
+        raise CheckpointError(f"{os.fspath(path)}: file shrank while its header was being read")
+    try:
+        return _parse_header(raw, 8 + length, file_size)
+    except _HeaderProblem as exc:
+        raise CheckpointError(f"{os.fspath(path)}: invalid safetensors file: {exc}") from None
+
+
+class SafetensorsReader:
+    """Lazy access to the tensors of one safetensors file through a private mapping.
+
+    ``get`` returns a zero-copy view of a copy-on-write (``MAP_PRIVATE``)
+    mapping: writing to it is allowed and never reaches the file. Views stay
+    valid after :meth:`close`; the mapping is unmapped when the last view dies.
+
+    Args:
+        path: the file.
+        header: an already validated header of this file (skips re-reading it).
+
+    Raises:
+        CheckpointError: for an invalid file, or one that changed size since its header was read.
+
+    >>> with SafetensorsReader("model.safetensors") as reader:   # doctest: +SKIP
+    ...     names = reader.keys(); first = reader.get(names[0])
+    """
+
+    def __init__(self, path: PathLike, *, header: Optional[SafetensorsHeader] = None) -> None:
+        self.path = os.fspath(path)
+        self.header = header if header is not None else read_header(self.path)
+        with open(self.path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size != self.header.file_size:
+                raise CheckpointError(f"{self.path}: file changed size while being read "
+                                      f"({self.header.file_size} -> {size} bytes)")
+            self._map: Optional[mmap.mmap] = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+
+    @property
+    def metadata(self) -> Optional[dict[str, str]]:
+        """The ``__metadata__`` dict of the file, or ``None``."""
+        return self.header.metadata
+
+    def keys(self) -> list[str]:
+        """Tensor names in file order."""
+        return list(self.header.tensors)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.header.tensors
+
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` as a view of the mapping (a copy only when misaligned).
+
+        Raises:
+            KeyError: when the file has no such tensor.
+            ValueError: after :meth:`close`.
+        """
+        try:
+            info = self.header.tensors[name]
+        except KeyError:
+            raise KeyError(f"no tensor named {name!r} in {self.path}") from None
+        if self._map is None:
+            raise ValueError(f"reader of {self.path} is closed")
+        count = info.numel
+        if count == 0:
+            return torch.empty(info.shape, dtype=info.dtype)
+        tensor = torch.frombuffer(self._map, dtype=info.dtype, count=count, offset=info.start)
+        if info.start % info.dtype.itemsize:
+            tensor = tensor.clone()
+        return tensor.view(info.shape)
+
+    def close(self) -> None:
+        """Drop the mapping; existing views keep it alive until they are freed."""
+        self._map = None
+
+    def __enter__(self) -> "SafetensorsReader":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SafetensorsReader({self.path!r}, {len(self.header.tensors)} tensors)"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def dtype_code(dtype: torch.dtype) -> str:
+    """The safetensors code of a torch dtype (``torch.float16`` -> ``"F16"``).
+
+    Raises:
+        ValueError: for a dtype safetensors cannot store.
+    """
+    try:
+        return _CODES[dtype]
+    except KeyError:
+        raise ValueError(f"safetensors cannot store dtype {dtype}; supported: "
+                         f"{sorted(str(d) for d in _CODES)}") from None
+
+
+def _check_inputs(tensors: Mapping[str, torch.Tensor], metadata: Optional[Mapping[str, str]]) -> None:
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"tensors must be a mapping of name -> Tensor, got {type(tensors).__name__}")
+    for name, tensor in tensors.items():
+        if not isinstance(name, str):
+            raise TypeError(f"tensor names must be str, got {name!r}")
+        if name == "__metadata__":
+            raise ValueError("'__metadata__' is reserved by the safetensors format and cannot name a tensor")
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name!r} is a {type(tensor).__name__}, not a Tensor")
+        if tensor.layout != torch.strided:
+            raise ValueError(f"{name!r} has layout {tensor.layout}; only dense tensors can be saved")
+        if tensor.device.type == "meta":
+            raise ValueError(f"{name!r} is on the meta device and has no data to save")
+        dtype_code(tensor.dtype)
+    if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            raise TypeError(f"metadata must be a mapping of str -> str, got {type(metadata).__name__}")
+        for key, value in metadata.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError(f"metadata must map str -> str, got {key!r}: {value!r}")
+
+
+def _layout(tensors: Mapping[str, torch.Tensor], metadata: Optional[Mapping[str, str]]):
+    """Order the tensors like the reference and build the padded header bytes."""
+    order = sorted(tensors, key=lambda name: (-_RANK[dtype_code(tensors[name].dtype)], name))
+    header: dict = {}
+    if metadata is not None:
+        header["__metadata__"] = {key: metadata[key] for key in sorted(metadata)}
+    offset = 0
+    for name in order:
+        tensor = tensors[name]
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": dtype_code(tensor.dtype),
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return order, raw
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The bytes of ``tensor`` in C order, as a memoryview (copies only when not contiguous or not on CPU)."""
+    data = tensor.detach()
+    if data.device.type != "cpu":
+        data = data.to("cpu")
+    data = data.resolve_conj().resolve_neg().contiguous()
+    return memoryview(data.reshape(-1).view(torch.uint8).numpy())
+
+
+def save_safetensors(
+    tensors: Mapping[str, torch.Tensor],
+    path: PathLike,
+    metadata: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Write ``tensors`` to ``path`` in the safetensors format, one tensor at a time.
+
+    The output is byte-identical to ``safetensors.torch.save_file(tensors, path,
+    metadata)`` (metadata keys are written sorted). Views and strided tensors
+    are written as their logical contents; aliasing is not checked here (the
+    caller deduplicates).
+
+    Args:
+        tensors: name -> dense tensor (any device but meta).
+        path: destination file; overwritten.
+        metadata: optional ``__metadata__`` (str -> str).
+
+    Raises:
+        TypeError, ValueError: for non-tensor values, non-str names or metadata,
+            meta tensors, or a dtype safetensors cannot store.
+        OSError: when writing fails (the partial file is removed).
+    """
+    _check_inputs(tensors, metadata)
+    order, raw = _layout(tensors, metadata)
+    try:
+        with open(path, "wb") as file:
+            file.write(struct.pack("<Q", len(raw)))
+            file.write(raw)
+            for name in order:
+                if tensors[name].numel():
+                    file.write(tensor_bytes(tensors[name]))
+    except BaseException:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+
+
+__all__ = [
+    "DTYPES",
+    "MAX_HEADER_SIZE",
+    "TensorInfo",
+    "SafetensorsHeader",
+    "read_header",
+    "SafetensorsReader",
+    "dtype_code",
+    "save_safetensors",
+]

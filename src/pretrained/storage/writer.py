@@ -1,0 +1,495 @@
+"""Atomic save of a state dict (and side files) as a Hugging Face checkpoint folder.
+
+How a save replaces ``folder``:
+
+1. Leftover temporary folders of earlier saves that were killed (their
+   process is gone) are removed.
+2. The new checkpoint is assembled in a sibling folder
+   ``.<name>.pretrained-tmp-<pid>-<random>`` of the same parent: every entry
+   of the current folder is hard-linked in (copied where links fail), except
+   the files of the same weights family (single file, any shard, index of
+   this format and variant -- they are stale or being rewritten) and the
+   files this save writes. Weights, index and extra files are written and
+   fsync'ed.
+3. The two folders are swapped with one ``renameat2(RENAME_EXCHANGE)`` and the
+   old one (now at the temporary name) is deleted. A new target is simply
+   renamed into place.
+
+A reader therefore sees the old checkpoint or the new one, never a mix, and a
+process killed at any moment leaves one of the two. On systems or file
+systems without ``RENAME_EXCHANGE`` the new files are moved in one by one,
+extra files and shards first and the single weights file or index last, then
+stale family files are deleted: a reader may briefly see new shards under an
+old index, but the loader's preferred file always points at a complete set.
+
+Checksums: with ``checksums=True`` a *sharded* checkpoint gets
+``metadata["checksums"] = {shard file: sha256 hex}`` in its index. A single
+weights file has no index and no checksum (a file cannot carry its own hash);
+we do not invent a side file outside the Hugging Face layout.
+
+Aliasing: safetensors cannot store two names for one memory, so overlapping
+tensors must be deduplicated (or cloned) by the caller; the writer refuses
+them. ``.bin`` files are written as given (pickle keeps the sharing).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+import sys
+from typing import Callable, Mapping, Optional, Union
+
+import torch
+
+from ..errors import SaveError
+from ..logging import get_logger
+from . import names
+from .pickle import save_pickle
+from .safetensors import dtype_code, save_safetensors
+from .shards import ShardPlan, plan_shards
+
+logger = get_logger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+_TMP_MARK = ".pretrained-tmp-"
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_NO_EXCHANGE_ERRNOS = {errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EPERM, errno.EBUSY,
+                       getattr(errno, "EOPNOTSUPP", errno.EINVAL), getattr(errno, "ENOTSUP", errno.EINVAL)}
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _check_state_dict(state_dict: Mapping[str, torch.Tensor], *, no_aliases: bool) -> dict[str, torch.Tensor]:
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of name -> Tensor, got {type(state_dict).__name__}")
+    for name, tensor in state_dict.items():
+        if not isinstance(name, str):
+            raise TypeError(f"state dict keys must be str, got {name!r}")
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"state dict entry {name!r} is a {type(tensor).__name__}, not a Tensor")
+        if tensor.device.type == "meta":
+            raise ValueError(f"state dict entry {name!r} is on the meta device and has no data to save")
+    if no_aliases:
+        for tensor in state_dict.values():
+            dtype_code(tensor.dtype)
+        _check_aliases(state_dict)
+    return dict(state_dict)
+
+
+def _byte_range(tensor: torch.Tensor) -> tuple[int, int]:
+    """[start, end) bytes of ``tensor``'s storage that its elements can touch."""
+    span = 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
+    start = tensor.storage_offset() * tensor.element_size()
+    return start, start + span * tensor.element_size()
+
+
+def _check_aliases(state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Refuse entries whose memory overlaps (safetensors would need one copy per name)."""
+    groups: dict[tuple, list[tuple[int, int, str]]] = {}
+    for name, tensor in state_dict.items():
+        if tensor.numel() == 0:
+            continue
+        key = (tensor.device, tensor.untyped_storage().data_ptr())
+        groups.setdefault(key, []).append((*_byte_range(tensor), name))
+    for ranges in groups.values():
+        ranges.sort()
+        for (_, end, first), (start, _, second) in zip(ranges, ranges[1:]):
+            if start < end:
+                raise ValueError(
+                    f"state dict entries {first!r} and {second!r} share memory; safetensors cannot store "
+                    "aliases: save tied weights once, or .clone() one of them, before saving"
+                )
+
+
+def _check_relative_name(name: str, *, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what} name must be a non-empty string, got {name!r}")
+    parts = name.split("/")
+    if (name.startswith("/") or "\\" in name or "\0" in name or re.match(r"^[A-Za-z]:", name)
+            or any(part in ("", ".", "..") for part in parts)):
+        raise ValueError(f"{what} name {name!r} must be a relative path inside the folder (no '..', no '\\')")
+    if _TMP_MARK in parts[0]:
+        raise ValueError(f"{what} name {name!r} is reserved for temporary folders")
+    return name
+
+
+def _check_extra_files(extra_files: Optional[Mapping[str, Union[str, bytes]]], fmt: str,
+                       variant: Optional[str]) -> dict[str, bytes]:
+    result: dict[str, bytes] = {}
+    for name, content in (extra_files or {}).items():
+        _check_relative_name(name, what="extra file")
+        if names.is_family_file(name, fmt, variant):
+            raise ValueError(f"extra file {name!r} would overwrite the weights this save writes")
+        if isinstance(content, str):
+            content = content.encode("utf-8")
+        elif not isinstance(content, (bytes, bytearray, memoryview)):
+            raise TypeError(f"extra file {name!r} must be str or bytes, got {type(content).__name__}")
+        result[name] = bytes(content)
+    return result
+
+
+def _file_metadata(metadata: Optional[Mapping[str, str]]) -> dict[str, str]:
+    merged = {"format": "pt", **(metadata or {})}
+    for key, value in merged.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"safetensors metadata must map str -> str, got {key!r}: {value!r}")
+    return merged
+
+
+# --------------------------------------------------------------------------- file helpers
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        _fsync_path(path)
+    except OSError:  # some file systems refuse fsync on directories
+        pass
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    if os.path.lexists(path):
+        os.unlink(path)  # never write through a hard link into the old folder
+    with open(path, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _link_tree(src: str, dst: str, skip: Callable[[str], bool]) -> None:
+    """Hard-link every entry of ``src`` (recursively) into ``dst``, except top-level names ``skip`` picks."""
+    with os.scandir(src) as entries:
+        for entry in entries:
+            if skip(entry.name):
+                continue
+            target = os.path.join(dst, entry.name)
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), target)
+            elif entry.is_dir():
+                shutil.copytree(entry.path, target, symlinks=True, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(entry.path, target)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists but belongs to someone else
+        return True
+    return True
+
+
+def _remove_leftovers(parent: str, base: str) -> None:
+    """Delete temporary folders of earlier saves of ``base`` whose process has died."""
+    prefix = f".{base}{_TMP_MARK}"
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.startswith(prefix):
+            continue
+        pid_text = entry[len(prefix):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+            continue
+        logger.info("removing %s left by an interrupted save", os.path.join(parent, entry))
+        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _make_temp_folder(parent: str, base: str) -> str:
+    while True:
+        path = os.path.join(parent, f".{base}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(path, 0o777)  # the umask applies, as for a folder made by os.makedirs
+            return path
+        except FileExistsError:
+            continue
+
+
+# --------------------------------------------------------------------------- swapping folders
+
+
+_renameat2 = None
+
+
+def _exchange(first: str, second: str) -> None:
+    """Atomically swap two paths with ``renameat2(RENAME_EXCHANGE)``.
+
+    Raises:
+        OSError: with the errno of the call, or ``ENOSYS`` where it does not exist.
+    """
+    global _renameat2
+    if not sys.platform.startswith("linux"):
+        raise OSError(errno.ENOSYS, "renameat2 is Linux-only")
+    if _renameat2 is None:
+        function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+        if function is None:
+            raise OSError(errno.ENOSYS, "this C library has no renameat2")
+        function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        function.restype = ctypes.c_int
+        _renameat2 = function
+    if _renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), second)
+
+
+def _move_into(src: str, dst: str) -> None:
+    """``os.replace`` that also works when ``dst`` is on another file system."""
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        staging = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}{_TMP_MARK}{secrets.token_hex(4)}")
+        shutil.copy2(src, staging)
+        _fsync_path(staging)
+        os.replace(staging, dst)
+
+
+def _replace_one_by_one(temp: str, target: str, written: list[str], commit: str,
+                        fmt: str, variant: Optional[str]) -> None:
+    """Fallback without RENAME_EXCHANGE: move new files in, the commit file last, then drop stale ones."""
+    try:
+        for name in [n for n in written if n != commit] + [commit]:
+            path = os.path.join(target, *name.split("/"))
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            _move_into(os.path.join(temp, *name.split("/")), path)
+        for entry in os.listdir(target):
+            if names.is_family_file(entry, fmt, variant) and entry not in written:
+                os.unlink(os.path.join(target, entry))
+        _fsync_dir(target)
+    except OSError as exc:
+        raise SaveError(
+            f"saving to {target} failed while replacing files one by one (this file system cannot "
+            f"swap folders atomically); the folder may hold a mix of old and new files: {exc}"
+        ) from exc
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _cwd_inside(folder: str) -> Optional[str]:
+    """The working directory when it is ``folder`` or below it, else ``None``."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return None
+    return cwd if cwd == folder or cwd.startswith(folder.rstrip(os.sep) + os.sep) else None
+
+
+def _install(temp: str, target: str, written: list[str], commit: str, fmt: str, variant: Optional[str]) -> None:
+    """Put the assembled folder ``temp`` at ``target``."""
+    parent = os.path.dirname(target)
+    if not os.path.exists(target):
+        os.rename(temp, target)
+        _fsync_dir(parent)
+        return
+    cwd = _cwd_inside(target)
+    try:
+        _exchange(temp, target)
+    except OSError as exc:
+        if exc.errno not in _NO_EXCHANGE_ERRNOS:
+            raise
+        logger.info("atomic folder exchange unavailable for %s (%s); replacing files one by one", target, exc)
+        _replace_one_by_one(temp, target, written, commit, fmt, variant)
+        return
+    if cwd is not None:  # the process sat in the old folder: follow the path to the new one
+        try:
+            os.chdir(cwd if os.path.isdir(cwd) else target)
+        except OSError:
+            logger.warning("the working directory %s was replaced by the save; could not re-enter it", cwd)
+    _fsync_dir(parent)
+    shutil.rmtree(temp, ignore_errors=True)
+    if os.path.lexists(temp):
+        logger.warning("could not remove the previous checkpoint, now at %s; a save after this process ends removes it", temp)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_weights(temp: str, plan: ShardPlan, tensors: dict[str, torch.Tensor], *, fmt: str,
+                   variant: Optional[str], file_metadata: dict[str, str], save_function: Callable,
+                   index_metadata: Optional[Mapping], checksums: bool) -> None:
+    """Write every shard (fsync'ed) and, when sharded, the index into ``temp``."""
+    for file, shard_names in zip(plan.files, plan.shards):
+        path = os.path.join(temp, file)
+        shard = {name: tensors[name] for name in shard_names}
+        if fmt == "safetensors":
+            save_safetensors(shard, path, file_metadata)
+        else:
+            save_pickle(shard, path, save_function)
+        _fsync_path(path)
+    if plan.is_sharded:
+        sums = {file: _sha256(os.path.join(temp, file)) for file in plan.files} if checksums else None
+        _write_bytes(os.path.join(temp, names.index_name(fmt, variant)), index_bytes(plan, index_metadata, sums))
+    elif checksums:
+        logger.info("checksums=True has no effect on a single weights file (no index to hold them)")
+
+
+def index_bytes(plan: ShardPlan, index_metadata: Optional[Mapping] = None,
+                checksums: Optional[Mapping[str, str]] = None) -> bytes:
+    """The index JSON as Transformers writes it (sorted keys, indent 2, trailing newline).
+
+    Args:
+        plan: the shard plan.
+        index_metadata: extra ``metadata`` entries (e.g. ``{"total_parameters": n}``).
+        checksums: shard file -> sha256 hex, stored as ``metadata["checksums"]``.
+
+    Returns:
+        UTF-8 bytes of the index file.
+    """
+    metadata = {"total_size": plan.total_size, **(index_metadata or {})}
+    if checksums:
+        metadata["checksums"] = dict(checksums)
+    index = {"metadata": metadata, "weight_map": plan.weight_map}
+    return (json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _skip_entry(target: str, written: list[str], fmt: str, variant: Optional[str]) -> Callable[[str], bool]:
+    """Which top-level entries of the old folder are not carried over: family files,
+    files this save writes, and plain files standing where a new file needs a folder."""
+    files = {name for name in written if "/" not in name}
+    folders = {name.split("/")[0] for name in written if "/" in name}
+
+    def skip(entry: str) -> bool:
+        if entry in files or names.is_family_file(entry, fmt, variant):
+            return True
+        return entry in folders and not os.path.isdir(os.path.join(target, entry))
+
+    return skip
+
+
+def _write_extra_file(temp: str, name: str, content: bytes) -> None:
+    path = os.path.join(temp, *name.split("/"))
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    real_temp = os.path.realpath(temp)
+    if os.path.commonpath([os.path.realpath(folder), real_temp]) != real_temp:
+        raise SaveError(f"refusing to write extra file {name!r}: a symlinked folder leads outside the checkpoint")
+    _write_bytes(path, content)
+
+
+def _target_path(folder: PathLike) -> str:
+    path = os.path.realpath(os.fspath(folder))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SaveError(f"cannot save a checkpoint to {os.fspath(folder)}: it is a file, not a folder")
+    if os.path.dirname(path) == path:
+        raise SaveError(f"cannot save a checkpoint to the file system root {path}")
+    return path
+
+
+def save_checkpoint(
+    folder: PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    max_shard_size: Union[int, str] = 5 * 10**9,
+    safe_serialization: bool = True,
+    variant: Optional[str] = None,
+    save_function: Callable = torch.save,
+    metadata: Optional[Mapping[str, str]] = None,
+    extra_files: Optional[Mapping[str, Union[str, bytes]]] = None,
+    index_metadata: Optional[Mapping] = None,
+    checksums: bool = False,
+) -> list[str]:
+    """Save ``state_dict`` (and side files) into ``folder``, atomically.
+
+    Args:
+        folder: the checkpoint folder; created (with its parents) if missing.
+        state_dict: name -> tensor, in storage order; tied weights already deduplicated.
+        max_shard_size: shard limit, bytes or a size string (``"5GB"``, ``"2GiB"``).
+        safe_serialization: ``True`` writes ``model*.safetensors``; ``False``
+            writes ``pytorch_model*.bin`` with ``save_function``.
+        variant: variant tag inserted in every weights name (``"fp16"``).
+        save_function: writer of ``.bin`` files, called as ``save_function(dict, path)``.
+        metadata: extra safetensors ``__metadata__`` (str -> str), merged over ``{"format": "pt"}``.
+        extra_files: file name (relative, may contain ``/``) -> ``str`` or ``bytes``,
+            e.g. ``{"config.json": text}``; written in the same atomic swap.
+        index_metadata: extra entries of the index's ``metadata`` (e.g. ``total_parameters``).
+        checksums: store per-shard SHA-256 in the index (sharded checkpoints only).
+
+    Returns:
+        Names of the files written, relative to ``folder``: weights files, the
+        index when sharded, then the extra files.
+
+    Raises:
+        SaveError: ``folder`` is an existing file, or writing failed (the cause
+            is chained; the previous folder contents are untouched).
+        TypeError, ValueError: for a malformed state dict (non-tensor values,
+            meta tensors, aliasing tensors for safetensors), bad metadata or
+            extra file names; raised before anything is written.
+
+    >>> save_checkpoint("out", model.state_dict(), max_shard_size="2GB",      # doctest: +SKIP
+    ...                 extra_files={"config.json": config_json})
+    """
+    fmt = "safetensors" if safe_serialization else "bin"
+    target = _target_path(folder)
+    tensors = _check_state_dict(state_dict, no_aliases=safe_serialization)
+    extra = _check_extra_files(extra_files, fmt, variant)
+    file_metadata = _file_metadata(metadata) if safe_serialization else {}
+    plan = plan_shards([(name, t.numel() * t.element_size()) for name, t in tensors.items()],
+                       max_shard_size, fmt=fmt, variant=variant)
+    weights = list(plan.files) + ([names.index_name(fmt, variant)] if plan.is_sharded else [])
+    written = weights + list(extra)
+    commit = weights[-1]  # the single file, or the index: what loaders look for first
+
+    parent, base = os.path.split(target)
+    temp = None
+    try:
+        os.makedirs(parent, exist_ok=True)
+        _remove_leftovers(parent, base)
+        temp = _make_temp_folder(parent, base)
+        if os.path.isdir(target):
+            os.chmod(temp, stat.S_IMODE(os.stat(target).st_mode))
+            _link_tree(target, temp, _skip_entry(target, written, fmt, variant))
+        _write_weights(temp, plan, tensors, fmt=fmt, variant=variant, file_metadata=file_metadata,
+                       save_function=save_function, index_metadata=index_metadata, checksums=checksums)
+        for name, content in extra.items():
+            _write_extra_file(temp, name, content)
+        _fsync_dir(temp)
+        _install(temp, target, written, commit, fmt, variant)
+    except BaseException as exc:  # KeyboardInterrupt too: never leave the temporary folder behind
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+        if isinstance(exc, Exception) and not isinstance(exc, SaveError):
+            raise SaveError(f"saving the checkpoint to {target} failed; its previous contents are untouched: "
+                            f"{type(exc).__name__}: {exc}") from exc
+        raise
+    logger.info("saved %d weights file(s) to %s", len(plan.files), target)
+    return written
+
+
+__all__ = ["save_checkpoint", "index_bytes"]
