@@ -1,0 +1,298 @@
+"""`PretrainedConfig`: the attribute bag behind every model.
+
+A config is built from keyword arguments or a ``config.json``.  Keys it does
+not know are kept as attributes and written back, so a file from any
+Transformers version (4.x or 5.x) round-trips.  Subclasses set ``model_type``,
+their defaults in ``__init__``, and ``attribute_map`` for aliases
+(GPT-2's ``hidden_size`` -> ``n_embd``).
+
+Example:
+    >>> from pretrained import GPT2Config
+    >>> config = GPT2Config(n_layer=2)
+    >>> config.num_hidden_layers, config.to_dict()["n_layer"]
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any, ClassVar, Dict, Optional, Tuple, Union
+
+import torch
+
+from .errors import CheckpointError, CheckpointNotFoundError
+from .utils import dtype_name
+
+CONFIG_NAME = "config.json"
+
+# Keys that Transformers keeps on the config object but never treats as model fields.
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+class PretrainedConfig:
+    """Base class of all configurations.
+
+    Args (all optional, keyword-only):
+        vocab_size, hidden_size, num_hidden_layers, num_attention_heads: sizes; most
+            architectures rename some through ``attribute_map``.
+        pad_token_id, bos_token_id, eos_token_id: special token ids.
+        tie_word_embeddings (bool, True): tie the output layer to the input embedding.
+        torchscript (bool, False): clone tied weights instead of sharing them.
+        pruned_heads (dict[int, list[int]]): heads removed by ``prune_heads``.
+        torch_dtype / dtype: the dtype the weights were saved in (both names work).
+        attn_implementation: ``"eager"`` or ``"sdpa"`` (not saved).
+        Any other key is kept as an attribute.
+    """
+
+    model_type: ClassVar[str] = ""
+    attribute_map: ClassVar[Dict[str, str]] = {}
+    is_composition: ClassVar[bool] = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        # Subclasses set their own fields first and pass the rest here; an alias
+        # such as GPT-2's hidden_size reaches n_embd through __setattr__ below.
+        self.return_dict = kwargs.pop("return_dict", True)
+        self.output_hidden_states = kwargs.pop("output_hidden_states", False)
+        self.output_attentions = kwargs.pop("output_attentions", False)
+        self.torchscript = kwargs.pop("torchscript", False)
+        self.tie_word_embeddings = kwargs.pop("tie_word_embeddings", True)
+        self.is_encoder_decoder = kwargs.pop("is_encoder_decoder", False)
+        self.is_decoder = kwargs.pop("is_decoder", False)
+        self.add_cross_attention = kwargs.pop("add_cross_attention", False)
+        self.pruned_heads = kwargs.pop("pruned_heads", {})
+        self.architectures = kwargs.pop("architectures", None)
+        self.pad_token_id = kwargs.pop("pad_token_id", None)
+        self.bos_token_id = kwargs.pop("bos_token_id", None)
+        self.eos_token_id = kwargs.pop("eos_token_id", None)
+        self.sep_token_id = kwargs.pop("sep_token_id", None)
+        self.decoder_start_token_id = kwargs.pop("decoder_start_token_id", None)
+        self.problem_type = kwargs.pop("problem_type", None)
+
+        dtype = kwargs.pop("dtype", None)
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        self.torch_dtype = dtype if dtype is not None else torch_dtype
+
+        self._attn_implementation = kwargs.pop("attn_implementation", None) or kwargs.pop(
+            "_attn_implementation", None
+        )
+        self._name_or_path = str(kwargs.pop("name_or_path", kwargs.pop("_name_or_path", "")))
+        self.transformers_version = kwargs.pop("transformers_version", None)
+        kwargs.pop("model_type", None)  # a class attribute; the file's copy is informational
+        for key in _HUB_KWARGS:
+            kwargs.pop(key, None)
+
+        # Everything else: keep as it came, so the file round-trips.
+        for key, value in kwargs.items():
+            try:
+                setattr(self, key, value)
+            except AttributeError as err:  # a read-only property of a subclass
+                raise ValueError(f"config key {key!r} cannot be set on {type(self).__name__}: {err}") from err
+
+    # ------------------------------------------------------------------ aliases
+    def __setattr__(self, key: str, value: Any) -> None:
+        key = type(self).attribute_map.get(key, key)
+        if key == "pruned_heads" and value:
+            value = {int(layer): list(heads) for layer, heads in value.items()}
+        if key in ("torch_dtype", "dtype"):
+            key = "torch_dtype"
+            if isinstance(value, str) and value.startswith("torch."):
+                value = value[len("torch."):]
+        super().__setattr__(key, value)
+
+    def __getattribute__(self, key: str) -> Any:
+        if key != "attribute_map" and not key.startswith("__"):
+            amap = type(self).attribute_map
+            if key in amap:
+                key = amap[key]
+        return super().__getattribute__(key)
+
+    @property
+    def dtype(self):
+        return self.torch_dtype
+
+    @dtype.setter
+    def dtype(self, value) -> None:
+        self.torch_dtype = value
+
+    @property
+    def name_or_path(self) -> str:
+        return self._name_or_path
+
+    @name_or_path.setter
+    def name_or_path(self, value) -> None:
+        self._name_or_path = str(value)
+
+    @property
+    def attn_implementation(self) -> Optional[str]:
+        return self._attn_implementation
+
+    @attn_implementation.setter
+    def attn_implementation(self, value: Optional[str]) -> None:
+        self._attn_implementation = value
+
+    @property
+    def use_return_dict(self) -> bool:
+        return self.return_dict and not self.torchscript
+
+    @property
+    def num_labels(self) -> int:
+        id2label = getattr(self, "id2label", None)
+        return len(id2label) if id2label else 2
+
+    def get_text_config(self, decoder: bool = False) -> "PretrainedConfig":
+        return self
+
+    # ------------------------------------------------------------ serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        """All fields as JSON-ready values, with ``model_type`` and both dtype keys."""
+        out: Dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            if key.startswith("_"):  # runtime state: name_or_path, attn implementation
+                continue
+            out[key] = _jsonable(value)
+        out["model_type"] = self.model_type
+        dtype = out.pop("torch_dtype", None)
+        if dtype is not None:
+            out["torch_dtype"] = out["dtype"] = dtype
+        if out.get("transformers_version") is None:
+            out.pop("transformers_version", None)
+        if self.pruned_heads:
+            out["pruned_heads"] = {str(k): sorted(v) for k, v in self.pruned_heads.items()}
+        return out
+
+    def to_json_string(self, use_diff: bool = False) -> str:
+        """The ``config.json`` text: sorted keys, two-space indent, trailing newline.
+
+        ``use_diff`` is accepted for Transformers compatibility; the full config is
+        always written (readers of every version then see explicit values).
+        """
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: Union[str, os.PathLike]) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs: Any) -> None:
+        """Write ``config.json`` into ``save_directory`` (created if needed)."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory {save_directory!r} is a file, not a folder")
+        os.makedirs(save_directory, exist_ok=True)
+        self.to_json_file(os.path.join(save_directory, CONFIG_NAME))
+
+    @classmethod
+    def from_dict(cls, config_dict: Dict[str, Any], **kwargs: Any):
+        """Build a config from a dict; ``kwargs`` override its values.
+
+        With ``return_unused_kwargs=True`` returns ``(config, unused)`` where ``unused``
+        holds the overrides that are not config attributes (so callers can pass them on).
+        """
+        return_unused = kwargs.pop("return_unused_kwargs", False)
+        if not isinstance(config_dict, dict):
+            raise CheckpointError(f"a config must be a JSON object, got {type(config_dict).__name__}")
+        config = cls(**copy.deepcopy(config_dict))
+        unused = {}
+        for key, value in kwargs.items():
+            if key in ("torch_dtype", "dtype"):
+                unused[key] = value
+            elif hasattr(config, key):
+                setattr(config, key, value)
+            else:
+                unused[key] = value
+        return (config, unused) if return_unused else config
+
+    @classmethod
+    def from_json_file(cls, path: Union[str, os.PathLike]):
+        return cls.from_dict(load_config_dict(path))
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """Read ``config.json`` of a folder, file or Hub repo; returns ``(dict, remaining kwargs)``."""
+        from .storage.resolve import resolve_file
+
+        hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isfile(path) and path.endswith(".json"):
+            config_path = path
+        else:
+            config_path = resolve_file(path, CONFIG_NAME, **hub)
+        return load_config_dict(config_path), kwargs
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs: Any):
+        """Load ``config.json`` from a local folder, a json file or a Hub repo id.
+
+        Keyword arguments that name config attributes override the file's values;
+        hub options (``cache_dir``, ``revision``, ``token``, ``local_files_only``,
+        ``force_download``, ``subfolder``) choose where the file comes from.
+
+        Raises:
+            CheckpointNotFoundError: no ``config.json`` there.
+            CheckpointError: the file is not a JSON object.
+        """
+        config_dict, kwargs = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
+        declared = config_dict.get("model_type")
+        if cls.model_type and declared and declared != cls.model_type:
+            from .logging import get_logger
+
+            get_logger(__name__).warning(
+                "config.json of %s has model_type %r; reading it as %s (model_type %r)",
+                pretrained_model_name_or_path, declared, cls.__name__, cls.model_type,
+            )
+        result = cls.from_dict(config_dict, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        config.name_or_path = os.fspath(pretrained_model_name_or_path)
+        return result
+
+    # --------------------------------------------------------------------- misc
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PretrainedConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+    def update(self, values: Dict[str, Any]) -> None:
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoConfig") -> None:
+        """Save this config class's source beside checkpoints (see ``PreTrainedModel``)."""
+        if not isinstance(auto_class, str):
+            auto_class = auto_class.__name__
+        if auto_class != "AutoConfig":
+            raise ValueError(f"{auto_class} is not a valid auto class for a config")
+        cls._auto_class = auto_class
+
+
+def load_config_dict(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Read and parse a ``config.json``, with errors that name the file."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError as err:
+        raise CheckpointNotFoundError(f"config file {path} does not exist") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"cannot read config file {path}: {err}") from err
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise CheckpointError(f"config file {path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"config file {path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.dtype):
+        return dtype_name(value)
+    if isinstance(value, PretrainedConfig):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {str(k) if not isinstance(k, str) else k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, set):
+        return sorted(_jsonable(v) for v in value)
+    return value
