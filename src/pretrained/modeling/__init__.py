@@ -1,0 +1,1 @@
+"""The model layer: `PreTrainedModel`, `ModuleUtilsMixin`, shared attention and outputs."""

@@ -1,0 +1,355 @@
+"""Scaled dot-product attention, shared by every architecture, and the masks it takes.
+
+Shape notation:
+    B batch, H heads, Sq query length, Sk key length, D head size,
+    T tokens of a packed (padding-free) batch.
+
+One entry point, :func:`attention`, runs either
+
+* ``"eager"``: ``softmax(q k^T * scale + mask) v`` written out, the only path
+  that can return the attention weights or apply a head mask, or
+* ``"sdpa"``: :func:`torch.nn.functional.scaled_dot_product_attention`, which
+  falls back to eager when weights or a head mask are asked for.
+
+Masks are *additive* float tensors (0 where a key is visible, the dtype's
+minimum where it is not) broadcastable to (B, H, Sq, Sk), or ``None``.  The
+dtype minimum rather than ``-inf`` keeps fully masked rows (a left-padded
+query) finite; their outputs are meaningless but equal across paths.
+
+A third kind of "mask" is a :class:`PackedSequences`: the padding of a batch
+taken out, tokens of all sequences laid end to end.  Encoders (BERT) run their
+token-wise layers on (T, C) and attention per sequence, which on CPU skips
+both the matmuls on pad tokens and the quadratic attention over them.  Outputs
+at real tokens equal the padded computation's; pad tokens are not computed
+(:meth:`PackedSequences.unpack` fills them with zeros).
+
+Example:
+    >>> import torch
+    >>> from pretrained.modeling.attention import attention
+    >>> q = k = v = torch.randn(1, 2, 4, 8)                     # (B, H, S, D)
+    >>> out, weights = attention(q, k, v, is_causal=True, implementation="eager", output_attentions=True)
+    >>> out.shape, weights.shape
+    (torch.Size([1, 2, 4, 8]), torch.Size([1, 2, 4, 4]))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Set, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "attention",
+    "eager_attention",
+    "causal_mask",
+    "padding_mask",
+    "PackedSequences",
+    "find_pruneable_heads_and_indices",
+    "prune_linear_layer",
+]
+
+IMPLEMENTATIONS = ("eager", "sdpa")
+
+
+# --------------------------------------------------------------------------- attention
+def attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    mask: Union[Tensor, "PackedSequences", None] = None,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+    head_mask: Optional[Tensor] = None,
+    implementation: str = "sdpa",
+    output_attentions: bool = False,
+    upcast: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Multi-head attention of ``query`` over ``key``/``value``.
+
+    Args:
+        query, key, value: (B, H, Sq|Sk, D); for a packed batch (``mask`` a
+            :class:`PackedSequences`), (H, T, D).
+        mask: additive float mask broadcastable to (B, H, Sq, Sk) that already
+            contains any causal part; or a :class:`PackedSequences`; or ``None``.
+        is_causal: with ``mask=None``, query i sees keys ``j <= i + Sk - Sq``
+            (aligned bottom-right, so cached keys stay visible).
+        dropout_p: dropout on the attention weights (pass 0.0 in eval mode).
+        scale: multiplies ``q k^T``; default ``D ** -0.5``.
+        head_mask: broadcastable to (B, H, Sq, Sk); multiplies the weights after
+            dropout (1 keeps a head, 0 silences it).  Forces the eager path.
+        implementation: ``"eager"`` or ``"sdpa"``.
+        output_attentions: also return the weights.  Forces the eager path.
+        upcast: eager only: compute ``q k^T`` in float32 (GPT-2's
+            ``reorder_and_upcast_attn``); the softmax is always float32.
+
+    Returns:
+        ``(out, weights)``: out (B, H, Sq, D) (packed: (H, T, D)); weights
+        (B, H, Sq, Sk) or ``None``.
+
+    Raises:
+        ValueError: an unknown ``implementation``; weights or a head mask asked
+            of a packed batch.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if isinstance(mask, PackedSequences):
+        if output_attentions or head_mask is not None:
+            raise ValueError("a packed batch cannot return attention weights or take a head mask; pass it padded")
+        return mask.attention(query, key, value, dropout_p=dropout_p, scale=scale), None
+    if implementation == "eager" or output_attentions or head_mask is not None:
+        return eager_attention(query, key, value, mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+                               scale=scale, head_mask=head_mask, upcast=upcast)
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    causal = is_causal and mask is None and q_len > 1
+    if causal and q_len != k_len:  # SDPA aligns is_causal top-left; we want bottom-right
+        mask, causal = causal_mask(None, q_len, k_len, dtype=query.dtype, device=query.device), False
+    if mask is not None and mask.dtype != torch.bool and mask.dtype != query.dtype:
+        mask = mask.to(query.dtype)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_p,
+                                         is_causal=causal, scale=scale)
+    return out, None
+
+
+def eager_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    mask: Optional[Tensor] = None,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+    head_mask: Optional[Tensor] = None,
+    upcast: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    """The written-out attention; see :func:`attention` for the arguments."""
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
+    if upcast:
+        query, key = query.float(), key.float()
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scale          # (B, H, Sq, Sk)
+    if mask is None and is_causal and query.shape[-2] > 1:
+        mask = causal_mask(None, query.shape[-2], key.shape[-2], dtype=scores.dtype, device=scores.device)
+    if mask is not None:
+        scores = scores + mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p, training=True)
+    if head_mask is not None:
+        weights = weights * head_mask
+    return torch.matmul(weights, value), weights                         # (B, H, Sq, D)
+
+
+# --------------------------------------------------------------------------- masks
+def padding_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, Sk) of 1 (attend) / 0 (pad) -> additive (B, 1, 1, Sk)."""
+    keep = attention_mask[:, None, None, :].to(torch.bool)
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+
+
+def causal_mask(
+    attention_mask: Optional[Tensor],
+    q_len: int,
+    k_len: int,
+    *,
+    dtype: torch.dtype,
+    device: Optional[torch.device] = None,
+) -> Tensor:
+    """Additive causal mask, combined with a padding mask when one is given.
+
+    Query i (the last ``q_len`` of ``k_len`` positions) sees key j when
+    ``j <= i + k_len - q_len`` and ``attention_mask[b, j] == 1``.  Rows that
+    see nothing (left padding) are all ``finfo(dtype).min``.
+
+    Shapes:
+        attention_mask (B, Sk) or None -> (B or 1, 1, Sq, Sk).
+    """
+    if attention_mask is not None:
+        device = attention_mask.device
+    rows = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
+    keep = torch.arange(k_len, device=device)[None, :] <= rows             # (Sq, Sk)
+    keep = keep[None, None]                                                  # (1, 1, Sq, Sk)
+    if attention_mask is not None:
+        keep = keep & attention_mask[:, None, None, :].to(torch.bool)        # (B, 1, Sq, Sk)
+    return torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)
+
+
+# --------------------------------------------------------------------------- packed batches
+@dataclass(frozen=True)
+class _Group:
+    """Sequences attended in one SDPA call.
+
+    ``start``/``end``: one sequence, a contiguous range of packed tokens.
+    Otherwise ``gather`` (g*P,) packed positions laid out as g rows of P (short
+    rows repeat their first token), ``keep`` (g, 1, 1, P) key mask or None when
+    all rows are full, ``valid`` (g*P,) which slots are real, ``dest`` their
+    packed positions.
+    """
+
+    start: int = 0
+    end: int = 0
+    rows: int = 1
+    gather: Optional[Tensor] = None
+    keep: Optional[Tensor] = None
+    valid: Optional[Tensor] = None
+    dest: Optional[Tensor] = None
+
+
+@dataclass(frozen=True)
+class PackedSequences:
+    """A padded batch with its padding taken out.
+
+    Build it from a (B, S) 0/1 mask; ``pack`` turns (B, S, ...) into (T, ...)
+    keeping the tokens whose mask is 1 in order, ``unpack`` goes back with zeros
+    at the padding.  Pass it as the ``mask`` of :func:`attention` with q, k, v
+    of shape (H, T, D): each sequence attends to its own tokens only, which is
+    what the padded computation does for every non-pad query.
+
+    Sequences of similar length share one SDPA call (padded to the longest of
+    them, with a key mask); see :meth:`from_mask`.
+
+    Example:
+        >>> import torch
+        >>> mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+        >>> packed = PackedSequences.from_mask(mask)
+        >>> x = torch.arange(6.).view(2, 3, 1)
+        >>> packed.pack(x).flatten().tolist(), packed.unpack(packed.pack(x)).flatten().tolist()
+        ([0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0, 3.0, 0.0, 0.0])
+    """
+
+    indices: Tensor                    # (T,) flat positions in (B*S) of the kept tokens
+    lengths: Tuple[int, ...]           # (B,) tokens per sequence
+    batch_size: int
+    seq_len: int
+    groups: Tuple[_Group, ...]
+
+    @classmethod
+    def from_mask(cls, attention_mask: Tensor, *, merge_cost: int = 32 * 32,
+                  slack: float = 0.125) -> "PackedSequences":
+        """Plan a packed batch from a (B, S) mask of 1 (token) / 0 (padding).
+
+        Sequences are taken longest first; one joins the current group (led by
+        length m, c members) when the group's padded attention work stays within
+        ``slack`` of its real work plus ``merge_cost`` — the per-call overhead of
+        SDPA in units of tokens²: ``(c + 1) m² <= (1 + slack) Σ l² + merge_cost``.
+        Exact: grouping never changes the outputs, only the number of calls.
+        """
+        if attention_mask.dim() != 2:
+            raise ValueError(f"a packed batch needs a (batch, seq) mask, got shape {tuple(attention_mask.shape)}")
+        keep = attention_mask.to(torch.bool)
+        batch, seq = keep.shape
+        indices = keep.reshape(-1).nonzero().squeeze(1)
+        lengths = tuple(int(n) for n in keep.sum(dim=1).tolist())
+        starts = [0]
+        for n in lengths[:-1]:
+            starts.append(starts[-1] + n)
+        device = attention_mask.device
+
+        order = sorted((i for i in range(batch) if lengths[i] > 0), key=lambda i: -lengths[i])
+        plans: List[List[int]] = []
+        work = 0  # Σ l² of the current group
+        for i in order:
+            l2 = lengths[i] ** 2
+            if plans and (len(plans[-1]) + 1) * lengths[plans[-1][0]] ** 2 <= (1 + slack) * (work + l2) + merge_cost:
+                plans[-1].append(i)
+                work += l2
+            else:
+                plans.append([i])
+                work = l2
+        groups = []
+        for members in plans:
+            if len(members) == 1:
+                i = members[0]
+                groups.append(_Group(start=starts[i], end=starts[i] + lengths[i]))
+                continue
+            width = lengths[members[0]]
+            slots = torch.arange(width)
+            rows = [lengths[i] for i in members]
+            valid = (slots[None, :] < torch.tensor(rows)[:, None])                       # (g, P)
+            gather = torch.tensor([starts[i] for i in members])[:, None] + slots[None, :]
+            gather = torch.where(valid, gather, gather[:, :1])
+            uniform = all(r == width for r in rows)
+            groups.append(_Group(
+                rows=len(members),
+                gather=gather.reshape(-1).to(device),
+                keep=None if uniform else valid[:, None, None, :].to(device),
+                valid=valid.reshape(-1).to(device),
+                dest=gather[valid].to(device),
+            ))
+        return cls(indices=indices, lengths=lengths, batch_size=batch, seq_len=seq, groups=tuple(groups))
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.indices.numel())
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(B, S, ...) -> (T, ...)."""
+        return x.reshape(self.batch_size * self.seq_len, *x.shape[2:]).index_select(0, self.indices)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """(T, ...) -> (B, S, ...), zeros at the padding."""
+        out = x.new_zeros(self.batch_size * self.seq_len, *x.shape[1:])
+        out = out.index_copy(0, self.indices, x)
+        return out.view(self.batch_size, self.seq_len, *x.shape[1:])
+
+    def attention(self, query: Tensor, key: Tensor, value: Tensor, *, dropout_p: float = 0.0,
+                  scale: Optional[float] = None) -> Tensor:
+        """Per-sequence SDPA over packed (H, T, D) tensors -> (H, T, Dv)."""
+        heads = query.shape[0]
+        out = value.new_empty(heads, query.shape[1], value.shape[-1])
+        for g in self.groups:
+            if g.gather is None:
+                s, e = g.start, g.end
+                out[:, s:e] = F.scaled_dot_product_attention(
+                    query[:, s:e], key[:, s:e], value[:, s:e], dropout_p=dropout_p, scale=scale)
+                continue
+
+            def rows(t: Tensor) -> Tensor:                                   # (H, T, D) -> (g, H, P, D)
+                return t.index_select(1, g.gather).view(heads, g.rows, -1, t.shape[-1]).transpose(0, 1)
+
+            o = F.scaled_dot_product_attention(rows(query), rows(key), rows(value), attn_mask=g.keep,
+                                               dropout_p=dropout_p, scale=scale)  # (g, H, P, Dv)
+            o = o.transpose(0, 1).reshape(heads, -1, o.shape[-1])[:, g.valid]  # (H, n, Dv)
+            out = out.index_copy(1, g.dest, o)
+        return out
+
+
+# --------------------------------------------------------------------------- head pruning
+def find_pruneable_heads_and_indices(
+    heads: Sequence[int], n_heads: int, head_size: int, already_pruned_heads: Set[int]
+) -> Tuple[Set[int], Tensor]:
+    """Heads still to prune and the flat (n_heads*head_size) indices to keep.
+
+    ``heads`` and ``already_pruned_heads`` use the original numbering; ``n_heads``
+    is the current count.
+    """
+    keep = torch.ones(n_heads, head_size)
+    heads = set(heads) - set(already_pruned_heads)
+    for head in heads:
+        shifted = head - sum(1 for h in already_pruned_heads if h < head)
+        keep[shifted] = 0
+    index = torch.arange(n_heads * head_size)[keep.view(-1).eq(1)].long()
+    return heads, index
+
+
+def prune_linear_layer(layer: nn.Linear, index: Tensor, dim: int = 0) -> nn.Linear:
+    """A new Linear keeping ``index`` along ``dim`` of its weight (0: outputs, with
+    the bias; 1: inputs, bias unchanged)."""
+    index = index.to(layer.weight.device)
+    weight = layer.weight.index_select(dim, index).detach().clone()
+    bias = None
+    if layer.bias is not None:
+        bias = (layer.bias if dim == 1 else layer.bias[index]).detach().clone()
+    size = list(layer.weight.size())
+    size[dim] = len(index)
+    new = nn.Linear(size[1], size[0], bias=bias is not None, device=layer.weight.device, dtype=layer.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new

@@ -1,0 +1,127 @@
+"""Key/value caches for incremental decoding.
+
+Every attention layer calls ``cache.update(key, value, layer_idx)`` with the
+new step's keys and values (``(B, H, S_new, D)``) and attends over what it
+returns (``(B, H, S_past + S_new, D)``).  Models accept a cache object or the
+legacy tuple-of-tuples format and return a cache object.
+
+Example:
+    >>> import torch
+    >>> cache = DynamicCache()
+    >>> k, v = cache.update(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), layer_idx=0)
+    >>> cache.get_seq_length(), tuple(k.shape)
+    (3, (1, 2, 3, 4))
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+LegacyCache = Tuple[Tuple[Tensor, ...], ...]
+
+
+class Cache:
+    """Interface of a key/value cache."""
+
+    def update(self, key: Tensor, value: Tensor, layer_idx: int) -> Tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        raise NotImplementedError
+
+    def reorder_cache(self, index: Tensor) -> None:
+        """Keep/reorder batch rows (beam search, dropping finished rows)."""
+        raise NotImplementedError
+
+
+class DynamicCache(Cache):
+    """A cache that grows by concatenation; one (keys, values) pair per layer."""
+
+    def __init__(self) -> None:
+        self.key_cache: List[Tensor] = []
+        self.value_cache: List[Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.key_cache)
+
+    def __iter__(self) -> Iterator[Tuple[Tensor, Tensor]]:
+        return iter(zip(self.key_cache, self.value_cache))
+
+    def __getitem__(self, layer_idx: int) -> Tuple[Tensor, Tensor]:
+        return self.key_cache[layer_idx], self.value_cache[layer_idx]
+
+    def update(self, key: Tensor, value: Tensor, layer_idx: int) -> Tuple[Tensor, Tensor]:
+        if layer_idx == len(self.key_cache):
+            self.key_cache.append(key)
+            self.value_cache.append(value)
+        elif layer_idx < len(self.key_cache):
+            self.key_cache[layer_idx] = torch.cat([self.key_cache[layer_idx], key], dim=-2)
+            self.value_cache[layer_idx] = torch.cat([self.value_cache[layer_idx], value], dim=-2)
+        else:
+            raise IndexError(f"cache has {len(self.key_cache)} layers; cannot update layer {layer_idx}")
+        return self.key_cache[layer_idx], self.value_cache[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        if layer_idx >= len(self.key_cache):
+            return 0
+        return self.key_cache[layer_idx].shape[-2]
+
+    def reorder_cache(self, index: Tensor) -> None:
+        for i in range(len(self.key_cache)):
+            self.key_cache[i] = self.key_cache[i].index_select(0, index.to(self.key_cache[i].device))
+            self.value_cache[i] = self.value_cache[i].index_select(0, index.to(self.value_cache[i].device))
+
+    def to_legacy_cache(self) -> LegacyCache:
+        return tuple((k, v) for k, v in self)
+
+    @classmethod
+    def from_legacy_cache(cls, past: Optional[Sequence[Sequence[Tensor]]]) -> "DynamicCache":
+        cache = cls()
+        for layer_idx, (key, value, *_) in enumerate(past or ()):
+            cache.update(key, value, layer_idx)
+        return cache
+
+
+class EncoderDecoderCache(Cache):
+    """Self-attention cache (grows each step) + cross-attention cache (filled once)."""
+
+    def __init__(self, self_attention_cache: Optional[DynamicCache] = None,
+                 cross_attention_cache: Optional[DynamicCache] = None) -> None:
+        self.self_attention_cache = self_attention_cache or DynamicCache()
+        self.cross_attention_cache = cross_attention_cache or DynamicCache()
+
+    def update(self, key: Tensor, value: Tensor, layer_idx: int) -> Tuple[Tensor, Tensor]:
+        return self.self_attention_cache.update(key, value, layer_idx)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.self_attention_cache.get_seq_length(layer_idx)
+
+    def reorder_cache(self, index: Tensor) -> None:
+        self.self_attention_cache.reorder_cache(index)
+        self.cross_attention_cache.reorder_cache(index)
+
+    def to_legacy_cache(self) -> LegacyCache:
+        layers = []
+        for i, (key, value) in enumerate(self.self_attention_cache):
+            cross = self.cross_attention_cache[i] if i < len(self.cross_attention_cache) else ()
+            layers.append((key, value, *cross))
+        return tuple(layers)
+
+    @classmethod
+    def from_legacy_cache(cls, past) -> "EncoderDecoderCache":
+        cache = cls()
+        for layer_idx, layer in enumerate(past or ()):
+            cache.self_attention_cache.update(layer[0], layer[1], layer_idx)
+            if len(layer) >= 4:
+                cache.cross_attention_cache.update(layer[2], layer[3], layer_idx)
+        return cache
+
+
+def as_cache(past, *, encoder_decoder: bool = False) -> Optional[Cache]:
+    """A cache object from ``past_key_values`` given either way (``None`` stays ``None``)."""
+    if past is None or isinstance(past, Cache):
+        return past
+    return EncoderDecoderCache.from_legacy_cache(past) if encoder_decoder else DynamicCache.from_legacy_cache(past)
