@@ -70,13 +70,14 @@ def _load_tokenizer(model_dir: str):
 def _encode(tokenizer, texts: Sequence[str], pad_id: int):
     import torch
 
+    tokenizer.no_padding()  # a tokenizer.json may pad to a fixed length; pad to the longest instead
     encodings = tokenizer.encode_batch(list(texts))
     width = max(len(e.ids) for e in encodings)
     ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(texts), width), dtype=torch.long)
     for row, enc in enumerate(encodings):
         ids[row, : len(enc.ids)] = torch.tensor(enc.ids)
-        mask[row, : len(enc.ids)] = 1
+        mask[row, : len(enc.ids)] = torch.tensor(enc.attention_mask)
     return ids, mask
 
 
@@ -113,8 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     model_dir = args.model or default_model_dir()
-    if not os.path.exists(model_dir) and os.sep in model_dir:
-        raise CLIError(f"model folder {model_dir} does not exist")
+    _check_model_arg(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
     causal = config.model_type in ("gpt2", "llama")
     seq2seq = config.model_type == "t5"
@@ -148,6 +148,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from .inspection import inspect_checkpoint
+
+    _check_model_arg(args.model)
+    info = inspect_checkpoint(args.model, variant=args.variant)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    params = info["parameters"]
+    print(f"{info['name_or_path']}")
+    print(f"  architecture      {info['architecture']} (model_type {info['model_type']})")
+    print(f"  parameters        {params['total']:,} total, {params['embedding']:,} embedding, "
+          f"{params['non_embedding']:,} non-embedding")
+    for dtype, size in sorted(info["bytes_per_dtype"].items()):
+        print(f"  {dtype:<17} {_human(size)}")
+    print(f"  files ({info['format']})")
+    for f in info["files"]:
+        print(f"    {f['name']:<40} {_human(f['bytes']):>12}")
+    tied = ", ".join(" = ".join(group) for group in info["tied_weights"]) or "none"
+    print(f"  tied weights      {tied}")
+    print(f"  pruned heads      {info['pruned_heads'] or 'none'}")
+    flops = info["flops_per_token"]
+    print(f"  FLOPs per token   {flops['forward']:,} forward (2N), {flops['training']:,} training (6N)")
+    return 0
+
+
+def _check_model_arg(model: str) -> None:
+    from .storage.resolve import looks_like_repo_id
+
+    if not os.path.exists(model) and not looks_like_repo_id(model):
+        raise CLIError(f"model folder {model} does not exist")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pretrained", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device-map", help="cpu, cuda:0, auto, ...")
     run.add_argument("--max-new-tokens", type=int, default=20)
     run.set_defaults(func=cmd_run)
+
+    inspect = sub.add_parser("inspect", help="what a checkpoint holds, from config.json and file headers only")
+    inspect.add_argument("model", help="model folder or Hub repo id")
+    inspect.add_argument("--variant", help="weights variant, e.g. fp16")
+    inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
+    inspect.set_defaults(func=cmd_inspect)
     return parser
 
 
@@ -175,6 +216,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `pretrained inspect ... | head`
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
