@@ -12,9 +12,14 @@ Adding a scenario means adding entries here, nothing else:
   folder) and ``scratch`` (an empty folder, removed after the trial) defined.
   A step that sets ``logits`` gets them compared across implementations.
 
+``G1`` times ``generate`` on the Llama 1.1B bf16 checkpoint (5 shards) that
+S2/S3 are to share.
+
+``S4``/``S4b`` time disk offload (``device_map="auto"``, a CPU budget,
+``offload_folder=scratch``) on GPT-2-medium, in fp32 and converted to bf16.
+
 Planned (not here yet): S2/S3 Llama 1.1B bf16 in 5 shards -> bf16 / -> fp32;
-S4 disk offload (``device_map="auto"``, ``max_memory={"cpu": "1GiB"}``,
-``offload_folder=scratch``); S5 ``save_pretrained(scratch, max_shard_size="500MB")``.
+S5 ``save_pretrained(scratch, max_shard_size="500MB")``.
 """
 
 from __future__ import annotations
@@ -75,7 +80,26 @@ GPT2_MEDIUM_FP32 = Checkpoint(
     ),
 )
 
-CHECKPOINTS = {c.key: c for c in [GPT2_MEDIUM_FP32]}
+LLAMA_1B_BF16 = Checkpoint(
+    key="llama-1.1b-bf16-5shards",
+    description="LlamaForCausalLM with TinyLlama shapes (hidden 2048, intermediate 5632, 22 layers, 32 heads, "
+    "4 kv heads, vocab 32000; ~1.1B params), bf16, 5 safetensors shards",
+    build=_code(
+        """
+        import glob
+        from transformers import LlamaConfig, LlamaForCausalLM
+        torch.manual_seed(0)
+        config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                             num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model.save_pretrained(path, max_shard_size="500MB")
+        shards = glob.glob(path + "/model-*-of-*.safetensors")
+        assert len(shards) == 5, shards
+        """
+    ),
+)
+
+CHECKPOINTS = {c.key: c for c in [GPT2_MEDIUM_FP32, LLAMA_1B_BF16]}
 
 
 # --- shared steps -----------------------------------------------------------
@@ -158,4 +182,105 @@ S6 = Scenario(
     "transformers = `import transformers; from transformers import GPT2LMHeadModel`",
 )
 
-SCENARIOS = {s.key: s for s in [S1, S6]}
+GENERATE_TOKENS, PROMPT_TOKENS = 32, 64
+
+
+def generate_steps(load: str, generate: str) -> tuple[tuple[str, str], ...]:
+    """Greedy generation timed in bf16, then in fp32 (loaded from the same bf16 checkpoint).
+
+    ``load`` is a format string with ``{dtype}``; ``generate`` an expression of
+    ``model`` and ``prompt`` that takes ``max_new_tokens=`` last (and disables
+    EOS so every run makes exactly ``GENERATE_TOKENS`` tokens).  A 2-token
+    generation warms each model up first (untimed in ``generate_*_s``).  The
+    compared sample is the last 4 new tokens of each dtype, as floats.
+    """
+    prompt = (f"prompt = torch.randint(3, 32000, (1, {PROMPT_TOKENS}), "
+              f"generator=torch.Generator().manual_seed(0))\n")
+    steps = []
+    for dtype in ("bfloat16", "float32"):
+        short = {"bfloat16": "bf16", "float32": "fp32"}[dtype]
+        free = "del model\ngc.collect()\n" if dtype == "float32" else prompt
+        steps += [
+            (f"load_{short}_s", free + load.format(dtype=dtype) + "\n"),
+            (f"warmup_{short}_s", f"{generate}max_new_tokens=2)\n"),
+            (f"generate_{short}_s", f"new_{short} = {generate}max_new_tokens={GENERATE_TOKENS})[:, {PROMPT_TOKENS}:]\n"
+                                    f"assert new_{short}.shape == (1, {GENERATE_TOKENS}), new_{short}.shape\n"),
+        ]
+    steps.append(("check_s", "logits = torch.cat([new_bf16[:, -4:], new_fp32[:, -4:]], -1).float()[None]\n"))
+    return tuple(steps)
+
+
+G1 = Scenario(
+    key="G1",
+    title=f"Llama 1.1B greedy generate: {GENERATE_TOKENS} new tokens from a {PROMPT_TOKENS}-token prompt, bf16 and fp32",
+    checkpoint=LLAMA_1B_BF16.key,
+    impls={
+        "ours": Impl(steps=(
+            ("import_s", "import gc\nimport torch\nfrom pretrained import AutoModelForCausalLM\n"),
+            *generate_steps("model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.{dtype})",
+                            "model.generate(prompt, do_sample=False, eos_token_id=[], "),
+        )),
+        "transformers": Impl(steps=(
+            ("import_s", "import gc\nimport torch\nimport transformers\n"
+                         "transformers.utils.logging.set_verbosity_error()\n"),
+            *generate_steps("model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.{dtype})",
+                            "model.generate(prompt, do_sample=False, eos_token_id=None, pad_token_id=0, "),
+        )),
+    },
+    atol=0.5,  # the "logits" are token ids: they must be equal
+    timeout_s=1800,
+    metrics=("wall_s", "load_bf16_s", "generate_bf16_s", "load_fp32_s", "generate_fp32_s"),
+    notes=f"tokens/s = {GENERATE_TOKENS} / generate_*_s (prefill of {PROMPT_TOKENS} tokens included, after a "
+    "2-token warm-up); logits check = the last 4 new token ids of each dtype, which must be equal",
+)
+
+def offload_load(api: str, budget: str, dtype: str | None = None) -> str:
+    """``from_pretrained`` under ``device_map="auto"`` with a CPU budget and ``scratch`` as
+    the offload folder; asserts that part of the model really is on disk."""
+    dtype_arg = f", torch_dtype=torch.{dtype}" if dtype else ""
+    return _code(
+        f"""
+        model = {api}.from_pretrained(path, device_map="auto", max_memory={{"cpu": "{budget}"}},
+                                      offload_folder=scratch{dtype_arg})
+        assert "disk" in set(model.hf_device_map.values()), model.hf_device_map
+        """
+    )
+
+
+def offload_scenario(key: str, title: str, budget: str, dtype: str | None, atol: float, notes: str) -> Scenario:
+    return Scenario(
+        key=key,
+        title=title,
+        checkpoint=GPT2_MEDIUM_FP32.key,
+        impls={
+            "ours": Impl(steps=(
+                ("import_s", "import torch\nfrom pretrained import AutoModelForCausalLM\n"),
+                ("load_s", offload_load("AutoModelForCausalLM", budget, dtype)),
+                FORWARD,
+            )),
+            "transformers": Impl(steps=(
+                ("import_s", "import torch\nimport transformers\n"),
+                ("load_s", offload_load("transformers.AutoModelForCausalLM", budget, dtype)),
+                FORWARD,
+            )),
+        },
+        atol=atol,
+        notes=notes,
+    )
+
+
+S4 = offload_scenario(
+    "S4", 'GPT-2-medium fp32, device_map="auto", max_memory={"cpu": "1GiB"}: the rest on disk (load + first logits)',
+    "1GiB", None, 1e-4,
+    "disk weights are read from the checkpoint in place (same dtype): nothing is written to offload_folder; "
+    "the forward brings every disk module in once",
+)
+
+S4b = offload_scenario(
+    "S4b", 'GPT-2-medium fp32 -> bf16, device_map="auto", max_memory={"cpu": "300MB"}: converted weights on disk',
+    "300MB", "bfloat16", 2e-2,
+    "ours converts each disk weight once into offload_folder (one safetensors file per tensor) and reads it "
+    "back per forward; Transformers 5.x converts at each read. bf16 logits: atol 2e-2",
+)
+
+SCENARIOS = {s.key: s for s in [S1, S4, S4b, S6, G1]}

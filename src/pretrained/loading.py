@@ -308,6 +308,7 @@ def load_weights(
     ignore_mismatched_sizes: bool = False,
     device: Union[str, torch.device] = "cpu",
     device_for: Optional[Callable[[str], Union[str, torch.device]]] = None,
+    offload: Optional[Callable[[List[str], str, "TensorSource", torch.dtype], None]] = None,
 ) -> LoadReport:
     """Fill ``model``'s parameters and persistent buffers from ``source``.
 
@@ -317,6 +318,10 @@ def load_weights(
         ignore_mismatched_sizes: keep the model's tensor where shapes differ and
             report it, instead of raising.
         device / device_for: where each tensor goes (``device_for(name)`` wins).
+        offload: called as ``offload(names, checkpoint_key, source, dtype)`` for
+            each tensor whose device is ``"disk"``; that tensor is not read here
+            and the model gets a ``meta`` tensor in its place (see
+            :mod:`pretrained.placement`).
 
     Returns:
         A :class:`LoadReport`; names relative to ``model``.
@@ -356,7 +361,14 @@ def load_weights(
                 )
                 continue
             target_device = device_for(names[0]) if device_for is not None else device
-            value = materialize(source.get(key), _target_dtype(slot.tensor, src_dtype), target_device)
+            target_dtype = _target_dtype(slot.tensor, src_dtype)
+            if isinstance(target_device, str) and target_device == "disk":
+                if offload is None:
+                    raise ValueError(f"{names[0]} is mapped to 'disk' but load_weights got no offload callback")
+                offload(names, key, source, target_dtype)
+                value = torch.empty(slot.tensor.shape, dtype=target_dtype, device="meta")
+            else:
+                value = materialize(source.get(key), target_dtype, target_device)
             _assign(slot, names, value)
             report.loaded_keys.extend(names)
 

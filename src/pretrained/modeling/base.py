@@ -16,7 +16,8 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+import sys
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn
@@ -130,9 +131,14 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
 
     def init_weights(self) -> None:
         """Re-apply pruning from ``config.pruned_heads``, initialise every module
-        (skipped while loading a checkpoint) and tie weights."""
+        not yet initialised (skipped while loading a checkpoint) and tie weights.
+
+        Modules are initialised once: construction and ``from_pretrained`` mark
+        every module done (loaded ones included), so calling ``init_weights()``
+        or ``post_init()`` again never resets a trained or loaded weight.
+        """
         if self.config.pruned_heads:
-            self.prune_heads(self.config.pruned_heads)
+            self._apply_head_pruning(self.config.pruned_heads)
         if init_enabled():
             self.apply(self._initialize_weights)
             self.tie_weights()
@@ -142,6 +148,12 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             return
         self._init_weights(module)
         module._is_hf_initialized = True
+
+    def _mark_initialized(self, modules: Optional[Iterable[nn.Module]] = None) -> None:
+        """Flag ``modules`` (default: all) as holding real values, so
+        ``init_weights`` leaves them alone."""
+        for module in self.modules() if modules is None else modules:
+            module._is_hf_initialized = True
 
     def _init_weights(self, module: nn.Module) -> None:
         """Per-module initialiser; architectures override it.  The default draws
@@ -183,6 +195,14 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
     @hf_device_map.setter
     def hf_device_map(self, value) -> None:
         self.__dict__["_hf_device_map"] = value
+
+    def _apply(self, fn, *args: Any, **kwargs: Any):
+        """``nn.Module._apply`` (behind ``.to()``, ``.cuda()``, ``.half()``, ...), refused with a
+        clear ``RuntimeError`` while a device_map's hooks spread the weights (offloaded or multi-device)."""
+        placement = self.__dict__.get("_placement")
+        if placement is not None:
+            placement.check_movable()
+        return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------ embeddings and ties
     def get_input_embeddings(self) -> nn.Module:
@@ -235,20 +255,35 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
 
     # ------------------------------------------------------------ resizing
     def resize_token_embeddings(
-        self, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None
+        self, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None,
+        mean_resizing: bool = True,
     ) -> nn.Embedding:
         """Grow or shrink the vocabulary of the input (and tied or untied output) embeddings.
 
-        The embedding module (and its ``padding_idx``) is kept; new rows are drawn
-        from the old rows' mean and covariance (exactly the mean when the
-        covariance is not positive definite); ``config.vocab_size`` is updated.
+        The embedding module (and its ``padding_idx``) is kept; only its weight
+        and ``num_embeddings`` change.  Shrinking drops the last rows.  New rows
+        are drawn from N(mean, 1e-9 * covariance) of the old rows (exactly the
+        mean when that covariance is not positive definite), so added tokens
+        start as an average token.  A tied output layer follows (and its bias,
+        zero-padded or cut); an untied one is resized the same way as the
+        input.  ``config.vocab_size`` becomes the new (padded) size.
 
         Args:
             new_num_tokens: the new vocabulary size (``None``: keep, but pad).
             pad_to_multiple_of: round the size up to a multiple of this int.
+            mean_resizing: ``False`` draws new rows from N(0, ``initializer_range``)
+                instead (Transformers 4.37's behaviour).
 
         Returns:
             The input embedding module.
+
+        Raises:
+            ValueError: a size or multiple that is not a positive int.
+            TypeError: the embeddings are not ``nn.Embedding`` / ``nn.Linear``.
+
+        Example:
+            >>> model.resize_token_embeddings(50260, pad_to_multiple_of=64).num_embeddings
+            50304
         """
         from .surgery import resize_embedding, resize_linear_rows
 
@@ -260,17 +295,20 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
                 raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
             target = old.weight.shape[0] if new_num_tokens is None else new_num_tokens
             new_num_tokens = -(-target // pad_to_multiple_of) * pad_to_multiple_of
-        if not isinstance(new_num_tokens, int) or new_num_tokens <= 0:
+        if not isinstance(new_num_tokens, int) or isinstance(new_num_tokens, bool) or new_num_tokens <= 0:
             raise ValueError(f"new_num_tokens must be a positive int, got {new_num_tokens!r}")
         if not isinstance(old, nn.Embedding):
             raise TypeError(f"resize_token_embeddings needs an nn.Embedding input embedding, got {type(old).__name__}")
-        tied = self.get_output_embeddings() is not None and self.get_output_embeddings().weight is old.weight
-        resize_embedding(old, new_num_tokens)
         output = self.get_output_embeddings()
-        if output is not None and not tied and not getattr(self.config.get_text_config(), "tie_word_embeddings", True):
-            if not isinstance(output, nn.Linear):
-                raise TypeError(f"resize_token_embeddings needs an nn.Linear output layer, got {type(output).__name__}")
-            resize_linear_rows(output, new_num_tokens)
+        tied = output is not None and output.weight is old.weight
+        untied_head = output is not None and not tied and \
+            not getattr(self.config.get_text_config(), "tie_word_embeddings", True)
+        if untied_head and not isinstance(output, nn.Linear):
+            raise TypeError(f"resize_token_embeddings needs an nn.Linear output layer, got {type(output).__name__}")
+        std = None if mean_resizing else getattr(self.config.get_text_config(), "initializer_range", 0.02)
+        resize_embedding(old, new_num_tokens, std=std)
+        if untied_head:
+            resize_linear_rows(output, new_num_tokens, std=std)
         self.config.get_text_config().vocab_size = new_num_tokens
         if hasattr(self, "vocab_size"):
             self.vocab_size = new_num_tokens
@@ -284,30 +322,45 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         The union with earlier pruning is recorded in ``config.pruned_heads`` so a
         saved checkpoint re-applies it when loaded.
         """
-        merged: Dict[int, List[int]] = {}
-        for layer, heads in heads_to_prune.items():
-            layer = int(layer)
-            union = set(self.config.pruned_heads.get(layer, [])) | {int(h) for h in heads}
-            merged[layer] = sorted(union)
-            self.config.pruned_heads[layer] = sorted(union)
+        before = set(self.modules())  # the objects themselves: ids of dropped modules get reused
+        self._apply_head_pruning(heads_to_prune)
+        # The new, smaller projections hold the kept rows of the old weights.
+        self._mark_initialized([m for m in self.modules() if m not in before])
+
+    def _apply_head_pruning(self, heads_to_prune: Dict[int, List[int]]) -> None:
+        """Record the union in ``config.pruned_heads`` and let the body prune."""
         base = self.base_model
         if not hasattr(base, "_prune_heads"):
             raise NotImplementedError(f"{type(base).__name__} does not support head pruning")
-        base._prune_heads({layer: heads for layer, heads in heads_to_prune.items()})
+        request = {int(layer): sorted({int(h) for h in heads}) for layer, heads in heads_to_prune.items()}
+        for layer, heads in request.items():
+            if heads:
+                union = set(self.config.pruned_heads.get(layer, [])) | set(heads)
+                self.config.pruned_heads[layer] = sorted(union)
+        base._prune_heads({layer: heads for layer, heads in request.items() if heads})
 
     # ------------------------------------------------------------ gradient checkpointing
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[Dict[str, Any]] = None) -> None:
         """Recompute each block's activations in the backward pass instead of storing them.
 
-        Blocks are checkpointed through their ``__call__`` (hooks still fire) with
-        ``use_reentrant=False`` unless ``gradient_checkpointing_kwargs`` says otherwise;
-        it is active only in training mode with gradients enabled.
+        Blocks are checkpointed through their ``__call__`` and recomputed to the
+        end (forward hooks fire again during the recompute; see
+        :func:`checkpoint_block`) with ``use_reentrant=False`` unless
+        ``gradient_checkpointing_kwargs`` says otherwise.  It is active only in
+        training mode with gradients enabled; GPT-2 then turns ``use_cache`` off.
+        With ``use_reentrant=True`` the input embeddings' output is made to
+        require grad, so frozen embeddings still let gradients reach the blocks.
+
+        Example:
+            >>> model.gradient_checkpointing_enable()
+            >>> model.is_gradient_checkpointing
+            True
         """
         if not self.supports_gradient_checkpointing:
             raise ValueError(f"{type(self).__name__} does not support gradient checkpointing.")
         kwargs = {"use_reentrant": False}
         kwargs.update(gradient_checkpointing_kwargs or {})
-        checkpoint = functools.partial(torch.utils.checkpoint.checkpoint, **kwargs)
+        checkpoint = functools.partial(checkpoint_block, **kwargs)
         self._set_gradient_checkpointing(True, checkpoint)
         if kwargs.get("use_reentrant"):
             self.enable_input_require_grads()
@@ -341,8 +394,10 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         when the embeddings are frozen)."""
 
         def hook(module, inputs, output):
-            output.requires_grad_(True)
+            if torch.is_grad_enabled() and not output.requires_grad:
+                output.requires_grad_(True)
 
+        self.disable_input_require_grads()
         self._require_grads_hook = self.get_input_embeddings().register_forward_hook(hook)
 
     def disable_input_require_grads(self) -> None:
@@ -353,12 +408,16 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
 
     # ------------------------------------------------------------ padding warning
     def warn_if_padding_and_no_attention_mask(self, input_ids: Optional[torch.Tensor], attention_mask) -> None:
-        """Warn once when ``input_ids`` look padded (pad token in the first or last
-        column) and no ``attention_mask`` was given."""
+        """Warn once per model when ``input_ids`` look padded and no ``attention_mask`` was given.
+
+        "Look padded": ``config.pad_token_id`` is set and appears in the first or
+        last column (interior positions are not checked).  Nothing is said while
+        tracing or compiling.  Every forward that takes ``input_ids`` calls it.
+        """
         if attention_mask is not None or input_ids is None or self.warnings_issued.get("padding"):
             return
         pad = getattr(self.config, "pad_token_id", None)
-        if pad is None or torch.jit.is_tracing() or _is_compiling():
+        if pad is None or torch.jit.is_tracing() or _is_compiling() or _is_fx_proxy(input_ids):
             return
         if input_ids.dim() < 2 or input_ids.shape[-1] == 0:
             return
@@ -383,7 +442,22 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
     def register_for_auto_class(cls, auto_class: Union[str, type] = "AutoModel") -> None:
         """Save this class's source file beside checkpoints and record it in
         ``config.auto_map[auto_class]`` so ``AutoModel...from_pretrained(...,
-        trust_remote_code=True)`` can load it."""
+        trust_remote_code=True)`` can load it.
+
+        ``save_pretrained`` then writes the file defining the class, every
+        sibling file it imports relatively (``from .layers import Block``), and
+        the config class's file when that is custom too; ``config.json`` gains
+        ``"auto_map": {"AutoConfig": "configuration_x.XConfig", auto_class:
+        "modeling_x.XModel"}``.  Loading that folder through an auto class
+        without ``trust_remote_code=True`` raises :class:`~pretrained.errors.RemoteCodeError`.
+
+        Args:
+            auto_class: the auto class name or class: ``"AutoModel"``,
+                ``"AutoModelForCausalLM"``, ``"AutoModelForMaskedLM"``, ``"AutoModelForSeq2SeqLM"``.
+
+        Raises:
+            ValueError: not an auto model class.
+        """
         from .. import auto as auto_module
 
         if not isinstance(auto_class, str):
@@ -456,6 +530,9 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             device_map / max_memory / offload_folder / offload_state_dict: placement
                 (see :mod:`pretrained.placement`).
             attn_implementation: ``"eager"`` or ``"sdpa"``.
+            verify (kwarg): check the SHA-256 checksums saved with ``checksums=True``
+                before reading any tensor; a corrupt file is a ``CheckpointError``
+                naming it; a checkpoint without checksums loads with a warning.
             **kwargs: config overrides (when ``config`` is not an object), then
                 arguments of the model's ``__init__``; ``state_dict=`` loads from a dict.
 
@@ -469,6 +546,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         for key in _IGNORED_LOAD_KWARGS:
             kwargs.pop(key, None)
         state_dict = kwargs.pop("state_dict", None)
+        verify = kwargs.pop("verify", False)
         subfolder = kwargs.pop("subfolder", "")
         hub = dict(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only,
                    token=token, revision=revision, subfolder=subfolder)
@@ -504,7 +582,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             resolved = resolve_checkpoint(
                 pretrained_model_name_or_path, variant=variant, use_safetensors=use_safetensors, **hub
             )
-            checkpoint = Checkpoint(resolved)
+            checkpoint = Checkpoint(resolved, verify=verify)
             source = checkpoint
 
         try:
@@ -524,9 +602,11 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             report = load_weights(
                 model, source, ignore_mismatched_sizes=ignore_mismatched_sizes,
                 device_for=placement.device_for if placement is not None else None,
+                offload=getattr(placement, "offload", None),
             )
             _warn_untied(model, report)
             initialize_missing(model, report)
+            model._mark_initialized()  # loaded or just initialised: a later post_init() keeps them
             model.tie_weights()
             if placement is not None:
                 placement.place(model, source)
@@ -593,6 +673,9 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
 
         if state_dict is None:
             state_dict = self.state_dict()
+            placement = self.__dict__.get("_placement")
+            if placement is not None:  # offloaded weights are read back one at a time while writing
+                state_dict = placement.offloaded_state_dict(state_dict, self._tied_weight_patterns())
         for key in self._keys_to_ignore_on_save or []:
             state_dict.pop(key, None)
         state_dict = deduplicate_shared_tensors(state_dict, self._tied_weight_patterns())
@@ -633,9 +716,39 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
 # ---------------------------------------------------------------------------- helpers
 
 
+def checkpoint_block(function, *args, use_reentrant: bool = False, **kwargs):
+    """:func:`torch.utils.checkpoint.checkpoint` that recomputes the whole block.
+
+    Non-reentrant checkpointing stops a recompute as soon as the tensors the
+    backward needs are back ("early stop"), so a block's forward hooks — the
+    ones that offload weights again after a forward, or that users register —
+    would never run during the recompute.  Blocks are passed as their
+    ``__call__``; recomputing them to the end keeps every hook balanced.
+    ``early_stop=`` in ``gradient_checkpointing_kwargs`` overrides this.
+    """
+    from torch.utils import checkpoint as torch_checkpoint
+
+    if not use_reentrant and _has_early_stop():
+        kwargs.setdefault("early_stop", False)
+    return torch_checkpoint.checkpoint(function, *args, use_reentrant=use_reentrant, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _has_early_stop() -> bool:
+    from torch.utils import checkpoint as torch_checkpoint
+
+    return "early_stop" in inspect.signature(torch_checkpoint.checkpoint).parameters
+
+
 def _is_compiling() -> bool:
     compiler = getattr(torch, "compiler", None)
     return bool(compiler is not None and getattr(compiler, "is_compiling", lambda: False)())
+
+
+def _is_fx_proxy(value: Any) -> bool:
+    """True for a ``torch.fx`` proxy (symbolic tracing), without importing torch.fx."""
+    fx = sys.modules.get("torch.fx")
+    return fx is not None and isinstance(value, fx.Proxy)
 
 
 def _pick_dtype(torch_dtype, dtype):
@@ -745,26 +858,57 @@ def _generation_config_json(config: PretrainedConfig) -> str:
 
 
 def _custom_code_files(model: PreTrainedModel, config: PretrainedConfig) -> Dict[str, str]:
-    """Source files of a registered custom model (and config) class, and the ``auto_map`` entry."""
+    """Source files of a registered custom model (and config) class, the files
+    they import relatively (``from .layers import X``), and the ``auto_map`` entry.
+
+    Returns:
+        ``{file name: source}`` to write beside the checkpoint; ``config.auto_map``
+        is updated in place (``{"AutoConfig": "module.Class", "AutoModel...": ...}``).
+    """
     files: Dict[str, str] = {}
     auto_map = dict(getattr(config, "auto_map", None) or {})
-    for obj, auto_name in ((type(config), getattr(type(config), "_auto_class", None)),
-                           (type(model), type(model)._auto_class)):
+    library = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    entries = [(type(model), type(model)._auto_class)]
+    config_auto = getattr(type(config), "_auto_class", None)
+    config_path = inspect.getsourcefile(type(config))
+    if config_auto is None and "AutoConfig" not in auto_map and config_path and \
+            not os.path.abspath(config_path).startswith(library + os.sep):
+        config_auto = "AutoConfig"  # a custom config must travel with a custom model
+    entries.insert(0, (type(config), config_auto))
+    for obj, auto_name in entries:
         if auto_name is None:
             continue
         path = inspect.getsourcefile(obj)
         if path is None:
             raise ValueError(f"cannot find the source file of {obj.__name__} to save beside the checkpoint")
+        for name, source in _module_files(path).items():
+            files[name] = source
         stem = os.path.splitext(os.path.basename(path))[0]
-        with open(path, "r", encoding="utf-8") as f:
-            files[os.path.basename(path)] = f.read()
         auto_map[auto_name] = f"{stem}.{obj.__name__}"
-    if "AutoConfig" not in auto_map:
-        path = inspect.getsourcefile(type(config))
-        if path and not os.path.abspath(path).startswith(os.path.dirname(os.path.dirname(__file__))):
-            stem = os.path.splitext(os.path.basename(path))[0]
-            with open(path, "r", encoding="utf-8") as f:
-                files[os.path.basename(path)] = f.read()
-            auto_map["AutoConfig"] = f"{stem}.{type(config).__name__}"
     config.auto_map = auto_map
+    return files
+
+
+def _module_files(path: str) -> Dict[str, str]:
+    """``path``'s source and, recursively, the sibling files it imports relatively."""
+    import ast
+
+    files: Dict[str, str] = {}
+    pending = [os.path.abspath(path)]
+    while pending:
+        current = pending.pop()
+        name = os.path.basename(current)
+        if name in files:
+            continue
+        with open(current, "r", encoding="utf-8") as f:
+            files[name] = f.read()
+        folder = os.path.dirname(current)
+        for node in ast.walk(ast.parse(files[name], filename=current)):
+            if not isinstance(node, ast.ImportFrom) or node.level != 1:
+                continue
+            modules = [node.module] if node.module else [alias.name for alias in node.names]
+            for module in modules:
+                candidate = os.path.join(folder, module.split(".")[0] + ".py")
+                if os.path.isfile(candidate):
+                    pending.append(candidate)
     return files

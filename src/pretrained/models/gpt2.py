@@ -7,17 +7,18 @@ Parameter names are those of the Hugging Face checkpoints (``transformer.h.0.
 attn.c_attn.weight``...).  The projections are ``Conv1D``: a Linear whose weight
 is stored transposed, (in, out), as in OpenAI's original TensorFlow code.
 
-The key/value cache is passed as ``past_key_values``: either the legacy tuple
-of ``(key, value)`` per layer, each (B, H, P, D), which is what comes back by
-default, or any cache object with ``get_seq_length()`` and
-``update(key, value, layer_idx)`` (returned as it came).
+The key/value cache is passed as ``past_key_values``: a cache object
+(:class:`~pretrained.modeling.cache.DynamicCache`, or any object with
+``get_seq_length()`` and ``update(key, value, layer_idx)``), or the legacy tuple
+of ``(key, value)`` per layer, each (B, H, P, D).  With ``use_cache`` a cache
+object comes back: the one passed in, updated, or a new ``DynamicCache``.
 
 Example:
     >>> import torch
     >>> from pretrained import GPT2Config, GPT2LMHeadModel
     >>> model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4)).eval()
     >>> out = model(torch.tensor([[464, 2068]]), labels=torch.tensor([[464, 2068]]))
-    >>> out.logits.shape, len(out.past_key_values)
+    >>> out.logits.shape, out.past_key_values.get_seq_length()
     (torch.Size([1, 2, 50257]), 2)
 """
 
@@ -35,6 +36,8 @@ from ..logging import get_logger, warning_once
 from ..modeling.activations import ACT2FN
 from ..modeling.attention import attention, causal_mask, find_pruneable_heads_and_indices
 from ..modeling.base import PreTrainedModel
+from ..modeling.cache import DynamicCache, as_cache
+from ..modeling.generation import GenerationMixin
 from ..modeling.outputs import BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions
 
 logger = get_logger(__name__)
@@ -250,36 +253,6 @@ class GPT2Block(nn.Module):
         return hidden_states, weights
 
 
-class _TupleCache:
-    """The legacy cache — a tuple of ``(key, value)`` per layer, each (B, H, P, D) —
-    behind the interface of a cache object (``get_seq_length``, ``update``).
-    A shared ``Cache`` class with the same two methods can take its place."""
-
-    def __init__(self, past: Optional[Iterable] = None) -> None:
-        layers = list(past or ())
-        self.layers: List[Tuple[Tensor, Tensor]] = [tuple(kv) for kv in layers] if all(
-            kv is not None for kv in layers) else []
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.layers[layer_idx][0].shape[-2] if layer_idx < len(self.layers) else 0
-
-    def update(self, key: Tensor, value: Tensor, layer_idx: int) -> Tuple[Tensor, Tensor]:
-        if layer_idx < len(self.layers):
-            past_key, past_value = self.layers[layer_idx]
-            key, value = torch.cat([past_key, key], dim=-2), torch.cat([past_value, value], dim=-2)
-            self.layers[layer_idx] = (key, value)
-        else:
-            self.layers.append((key, value))
-        return key, value
-
-    def to_legacy_cache(self) -> Tuple[Tuple[Tensor, Tensor], ...]:
-        return tuple(self.layers)
-
-
-def _is_legacy_cache(past: Any) -> bool:
-    return past is None or isinstance(past, (tuple, list))
-
-
 class GPT2PreTrainedModel(PreTrainedModel):
     config_class = GPT2Config
     base_model_prefix = "transformer"
@@ -382,11 +355,12 @@ class GPT2Model(GPT2PreTrainedModel):
                                  "Setting `use_cache=False`.")
             use_cache = False
 
-        # The cache: the legacy tuple goes in and out as a tuple; a cache object is used as it is.
-        legacy = _is_legacy_cache(past_key_values)
-        kv_cache = _TupleCache(past_key_values) if legacy else past_key_values
-        past_length = kv_cache.get_seq_length()
-        if checkpointing or not (use_cache or past_length):
+        # The cache: a cache object is used as it is; legacy tuples become a DynamicCache.
+        kv_cache = as_cache(past_key_values)
+        if kv_cache is None and use_cache:
+            kv_cache = DynamicCache()
+        past_length = kv_cache.get_seq_length() if kv_cache is not None else 0
+        if checkpointing:
             kv_cache = None
 
         if position_ids is None:
@@ -417,11 +391,8 @@ class GPT2Model(GPT2PreTrainedModel):
         if output_hidden_states:
             all_hidden += (hidden_states,)
 
-        next_cache = None
-        if use_cache and kv_cache is not None:
-            next_cache = kv_cache.to_legacy_cache() if legacy else kv_cache
         out = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden_states, past_key_values=next_cache,
+            last_hidden_state=hidden_states, past_key_values=kv_cache if use_cache else None,
             hidden_states=all_hidden, attentions=all_attentions,
         )
         return out if return_dict else out.to_tuple()
@@ -444,7 +415,7 @@ class GPT2Model(GPT2PreTrainedModel):
         return causal_mask(attention_mask, new, past + new, dtype=dtype, device=device)
 
 
-class GPT2LMHeadModel(GPT2PreTrainedModel):
+class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
     """GPT-2 with a language-modelling head tied to the token embeddings."""
 
     _tied_weights_keys = ["lm_head.weight"]
@@ -491,7 +462,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
             return_dict=True, cache=cache,
         )
         hidden_states = body.last_hidden_state
-        logits = self.lm_head(hidden_states.to(self.lm_head.weight.device))  # (B, T, V)
+        logits = self.lm_head(hidden_states)  # (B, T, V)
 
         loss = None
         if labels is not None:
@@ -506,3 +477,24 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
             hidden_states=body.hidden_states, attentions=body.attentions,
         )
         return out if return_dict else out.to_tuple()
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: Tensor,                                               # (B, P+T): the whole sequence so far
+        past_key_values: Optional[Any] = None,
+        attention_mask: Optional[Tensor] = None,                         # (B, P+T)
+        position_ids: Optional[Tensor] = None,                           # (B, P+T)
+        token_type_ids: Optional[Tensor] = None,                         # (B, P+T)
+        use_cache: bool = True,
+        **kwargs: Any,
+    ) -> Dict[str, Any]:
+        """The forward inputs of one generation step: the tokens the cache does not hold yet
+        (see :mod:`pretrained.modeling.generation`)."""
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        inputs = {"input_ids": input_ids[:, past:], "past_key_values": past_key_values,
+                  "attention_mask": attention_mask, "use_cache": use_cache}
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids[:, past:]
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids[:, past:]
+        return inputs

@@ -859,7 +859,7 @@ class T5ForConditionalGeneration(T5PreTrainedModel, GenerationMixin):
         sequence_output = decoder_outputs.last_hidden_state              # (B, T, C)
         if self.config.scale_decoder_outputs:  # tied head: Mesh TensorFlow rescales before the shared matrix
             sequence_output = sequence_output * (self.model_dim ** -0.5)
-        logits = self.lm_head(sequence_output.to(self.lm_head.weight.device))  # (B, T, V)
+        logits = self.lm_head(sequence_output)  # (B, T, V)
 
         loss = None
         if labels is not None:

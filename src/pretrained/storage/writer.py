@@ -23,9 +23,10 @@ stale family files are deleted: a reader may briefly see new shards under an
 old index, but the loader's preferred file always points at a complete set.
 
 Checksums: with ``checksums=True`` a *sharded* checkpoint gets
-``metadata["checksums"] = {shard file: sha256 hex}`` in its index. A single
-weights file has no index and no checksum (a file cannot carry its own hash);
-we do not invent a side file outside the Hugging Face layout.
+``metadata["checksums"] = {shard file: sha256 hex}`` in its index; a single
+safetensors file carries its own SHA-256 in its header metadata (``"sha256"``,
+see :mod:`pretrained.storage.integrity`); a single ``.bin`` file has no place
+for one (a warning is logged). No side file outside the Hugging Face layout.
 
 Aliasing: safetensors cannot store two names for one memory, so overlapping
 tensors must be deduplicated (or cloned) by the caller; the writer refuses
@@ -38,21 +39,25 @@ import ctypes
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
 import shutil
 import stat
+import struct
 import sys
+from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Union
 
 import torch
 
 from ..errors import SaveError
 from ..logging import get_logger
-from . import names
+from . import integrity, names
 from .pickle import save_pickle
-from .safetensors import dtype_code, save_safetensors
+from .safetensors import _layout as safetensors_layout
+from .safetensors import dtype_code, save_safetensors, tensor_bytes
 from .shards import ShardPlan, plan_shards
 
 logger = get_logger(__name__)
@@ -69,12 +74,42 @@ _NO_EXCHANGE_ERRNOS = {errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EPERM, err
 # --------------------------------------------------------------------------- input checks
 
 
+@dataclass(frozen=True)
+class LazyTensor:
+    """A state dict entry produced only when it is written (e.g. a disk-offloaded weight).
+
+    The writer calls ``load()`` right before writing the entry and drops the
+    result right after, so a checkpoint of lazy entries is saved with memory
+    bounded by its largest tensor (``.bin`` shards: by the largest shard, since
+    pickle needs a whole shard at once).
+
+    Attributes:
+        dtype: the dtype ``load()`` returns.
+        shape: the shape ``load()`` returns.
+        load: returns the tensor (any device but ``meta``).
+    """
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    load: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _nbytes(entry: Union[torch.Tensor, LazyTensor]) -> int:
+    return entry.nbytes if isinstance(entry, LazyTensor) else entry.numel() * entry.element_size()
+
+
 def _check_state_dict(state_dict: Mapping[str, torch.Tensor], *, no_aliases: bool) -> dict[str, torch.Tensor]:
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of name -> Tensor, got {type(state_dict).__name__}")
     for name, tensor in state_dict.items():
         if not isinstance(name, str):
             raise TypeError(f"state dict keys must be str, got {name!r}")
+        if isinstance(tensor, LazyTensor):
+            continue
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"state dict entry {name!r} is a {type(tensor).__name__}, not a Tensor")
         if tensor.device.type == "meta":
@@ -82,7 +117,7 @@ def _check_state_dict(state_dict: Mapping[str, torch.Tensor], *, no_aliases: boo
     if no_aliases:
         for tensor in state_dict.values():
             dtype_code(tensor.dtype)
-        _check_aliases(state_dict)
+        _check_aliases({n: t for n, t in state_dict.items() if not isinstance(t, LazyTensor)})
     return dict(state_dict)
 
 
@@ -345,19 +380,50 @@ def _write_weights(temp: str, plan: ShardPlan, tensors: dict[str, torch.Tensor],
                    variant: Optional[str], file_metadata: dict[str, str], save_function: Callable,
                    index_metadata: Optional[Mapping], checksums: bool) -> None:
     """Write every shard (fsync'ed) and, when sharded, the index into ``temp``."""
+    embed_checksum = checksums and fmt == "safetensors" and not plan.is_sharded
+    if embed_checksum:  # a single file carries its own digest (see storage/integrity.py)
+        file_metadata = {**file_metadata, integrity.CHECKSUM_KEY: integrity.PLACEHOLDER}
     for file, shard_names in zip(plan.files, plan.shards):
         path = os.path.join(temp, file)
         shard = {name: tensors[name] for name in shard_names}
+        lazy = any(isinstance(t, LazyTensor) for t in shard.values())
         if fmt == "safetensors":
-            save_safetensors(shard, path, file_metadata)
+            (_save_safetensors_lazily if lazy else save_safetensors)(shard, path, file_metadata)
         else:
+            if lazy:
+                shard = {n: t.load() if isinstance(t, LazyTensor) else t for n, t in shard.items()}
             save_pickle(shard, path, save_function)
+            del shard
+        if embed_checksum:
+            integrity.embed_checksum(path)
         _fsync_path(path)
     if plan.is_sharded:
         sums = {file: _sha256(os.path.join(temp, file)) for file in plan.files} if checksums else None
         _write_bytes(os.path.join(temp, names.index_name(fmt, variant)), index_bytes(plan, index_metadata, sums))
-    elif checksums:
-        logger.info("checksums=True has no effect on a single weights file (no index to hold them)")
+    elif checksums and not embed_checksum:
+        logger.warning("checksums=True: a single .bin weights file has no place for a checksum (no index, no "
+                       "header); save with safe_serialization=True or a smaller max_shard_size to get one")
+
+
+def _save_safetensors_lazily(shard: Mapping[str, Union[torch.Tensor, LazyTensor]], path: str,
+                             metadata: Mapping[str, str]) -> None:
+    """:func:`save_safetensors` for a shard holding :class:`LazyTensor` entries: the
+    same bytes, with each lazy entry loaded right before it is written and dropped after."""
+    stand_ins = {name: torch.empty(t.shape, dtype=t.dtype, device="meta") if isinstance(t, LazyTensor) else t
+                 for name, t in shard.items()}
+    order, raw = safetensors_layout(stand_ins, metadata)
+    with open(path, "wb") as file:
+        file.write(struct.pack("<Q", len(raw)))
+        file.write(raw)
+        for name in order:
+            entry = shard[name]
+            tensor = entry.load() if isinstance(entry, LazyTensor) else entry
+            if isinstance(entry, LazyTensor) and (tensor.dtype != entry.dtype or tuple(tensor.shape) != entry.shape):
+                raise ValueError(f"lazy entry {name!r} promised {entry.dtype} {entry.shape} but produced "
+                                 f"{tensor.dtype} {tuple(tensor.shape)}")
+            if tensor.numel():
+                file.write(tensor_bytes(tensor))
+            del tensor
 
 
 def index_bytes(plan: ShardPlan, index_metadata: Optional[Mapping] = None,
@@ -429,7 +495,8 @@ def save_checkpoint(
 
     Args:
         folder: the checkpoint folder; created (with its parents) if missing.
-        state_dict: name -> tensor, in storage order; tied weights already deduplicated.
+        state_dict: name -> tensor (or :class:`LazyTensor`, loaded only while it is written),
+            in storage order; tied weights already deduplicated.
         max_shard_size: shard limit, bytes or a size string (``"5GB"``, ``"2GiB"``).
         safe_serialization: ``True`` writes ``model*.safetensors``; ``False``
             writes ``pytorch_model*.bin`` with ``save_function``.
@@ -439,7 +506,8 @@ def save_checkpoint(
         extra_files: file name (relative, may contain ``/``) -> ``str`` or ``bytes``,
             e.g. ``{"config.json": text}``; written in the same atomic swap.
         index_metadata: extra entries of the index's ``metadata`` (e.g. ``total_parameters``).
-        checksums: store per-shard SHA-256 in the index (sharded checkpoints only).
+        checksums: store SHA-256 checksums: per shard in the index, or in the header
+            of a single safetensors file (a single ``.bin`` file gets none; warning).
 
     Returns:
         Names of the files written, relative to ``folder``: weights files, the
@@ -460,7 +528,7 @@ def save_checkpoint(
     tensors = _check_state_dict(state_dict, no_aliases=safe_serialization)
     extra = _check_extra_files(extra_files, fmt, variant)
     file_metadata = _file_metadata(metadata) if safe_serialization else {}
-    plan = plan_shards([(name, t.numel() * t.element_size()) for name, t in tensors.items()],
+    plan = plan_shards([(name, _nbytes(t)) for name, t in tensors.items()],
                        max_shard_size, fmt=fmt, variant=variant)
     weights = list(plan.files) + ([names.index_name(fmt, variant)] if plan.is_sharded else [])
     written = weights + list(extra)
@@ -492,4 +560,4 @@ def save_checkpoint(
     return written
 
 
-__all__ = ["save_checkpoint", "index_bytes"]
+__all__ = ["LazyTensor", "save_checkpoint", "index_bytes"]
