@@ -81,9 +81,9 @@ def test_bin_keeps_one_shard_resident(tmp_path, monkeypatch):
     loads = []
     real = checkpoint_module.load_pickle
 
-    def counting(path):
+    def counting(path, **kwargs):
         loads.append(path)
-        return real(path)
+        return real(path, **kwargs)
 
     monkeypatch.setattr(checkpoint_module, "load_pickle", counting)
     with Checkpoint(resolve_checkpoint(tmp_path)) as ckpt:

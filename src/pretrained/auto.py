@@ -63,6 +63,8 @@ def _load_custom_class(name_or_path, reference: str, hub: Dict[str, Any]):
     so the file's relative imports work."""
     from .storage.resolve import resolve_file
 
+    if not isinstance(reference, str):
+        raise CheckpointError(f"auto_map entry {reference!r} is not of the form 'module.ClassName'")
     if "--" in reference:  # "repo--module.Class": code in another repo
         name_or_path, reference = reference.split("--", 1)
     module_name, _, class_name = reference.rpartition(".")
@@ -130,17 +132,26 @@ class AutoConfig:
         hub = {k: kwargs[k] for k in _HUB_KEYS if k in kwargs}
         overrides = {k: v for k, v in kwargs.items() if k not in _HUB_KEYS}
         auto_map = config_dict.get("auto_map") or {}
+        if not isinstance(auto_map, dict):
+            raise CheckpointError(f"config.json of {pretrained_model_name_or_path}: 'auto_map' must be an object, "
+                                  f"got {type(auto_map).__name__}")
         if "AutoConfig" in auto_map:
             _require_trust(pretrained_model_name_or_path, trust_remote_code)
             config_class = _load_custom_class(pretrained_model_name_or_path, auto_map["AutoConfig"], hub)
         elif "model_type" in config_dict:
-            config_class = config_class_for(config_dict["model_type"])
+            model_type = config_dict["model_type"]
+            try:
+                if not isinstance(model_type, str):
+                    raise ValueError(f"'model_type' must be a string, got {type(model_type).__name__}")
+                config_class = config_class_for(model_type)
+            except ValueError as err:
+                raise CheckpointError(f"config.json of {pretrained_model_name_or_path}: {err}") from err
         else:
-            raise ValueError(
+            raise CheckpointError(
                 f"config.json of {pretrained_model_name_or_path} has no 'model_type' key; pretrained knows "
                 f"{sorted(set(_CONFIGS) | set(_REGISTERED_CONFIGS))}"
             )
-        result = config_class.from_dict(config_dict, **overrides)
+        result = config_class._from_file_dict(config_dict, os.fspath(pretrained_model_name_or_path), **overrides)
         config = result[0] if isinstance(result, tuple) else result
         config.name_or_path = os.fspath(pretrained_model_name_or_path)
         return result

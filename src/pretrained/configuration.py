@@ -16,8 +16,10 @@ Example:
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
+import typing
 from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
 import torch
@@ -94,7 +96,11 @@ class PretrainedConfig:
     def __setattr__(self, key: str, value: Any) -> None:
         key = type(self).attribute_map.get(key, key)
         if key == "pruned_heads" and value:
-            value = {int(layer): list(heads) for layer, heads in value.items()}
+            try:
+                value = {int(layer): [int(head) for head in heads] for layer, heads in value.items()}
+            except (TypeError, ValueError, AttributeError, OverflowError):
+                raise ValueError(f"config key 'pruned_heads' must map layer -> list of head indices, "
+                                 f"got {str(value)[:80]}") from None
         if key in ("torch_dtype", "dtype"):
             key = "torch_dtype"
             if isinstance(value, str) and value.startswith("torch."):
@@ -200,11 +206,27 @@ class PretrainedConfig:
                 setattr(config, key, value)
             else:
                 unused[key] = value
+        check_value_types(config, config_dict)
         return (config, unused) if return_unused else config
 
     @classmethod
+    def _from_file_dict(cls, config_dict: Any, source, **kwargs: Any):
+        """:meth:`from_dict` for the content of a ``config.json``: whatever is wrong with
+        its values is a :class:`CheckpointError` naming ``source``, never a stray
+        ``TypeError``/``AttributeError`` from a config's ``__init__``."""
+        try:
+            return cls.from_dict(config_dict, **kwargs)
+        except CheckpointError as err:
+            raise CheckpointError(f"config.json of {source}: {err}") from err
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError, ArithmeticError, RecursionError) as err:
+            raise CheckpointError(
+                f"config.json of {source} holds values {cls.__name__} cannot use: {type(err).__name__}: "
+                f"{str(err)[:300]}"
+            ) from err
+
+    @classmethod
     def from_json_file(cls, path: Union[str, os.PathLike]):
-        return cls.from_dict(load_config_dict(path))
+        return cls._from_file_dict(load_config_dict(path), os.fspath(path))
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -229,7 +251,8 @@ class PretrainedConfig:
 
         Raises:
             CheckpointNotFoundError: no ``config.json`` there.
-            CheckpointError: the file is not a JSON object.
+            CheckpointError: the file is not a JSON object, or a value has the wrong
+                type (see :func:`check_value_types`; the message names the key).
         """
         config_dict, kwargs = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
         declared = config_dict.get("model_type")
@@ -240,7 +263,7 @@ class PretrainedConfig:
                 "config.json of %s has model_type %r; reading it as %s (model_type %r)",
                 pretrained_model_name_or_path, declared, cls.__name__, cls.model_type,
             )
-        result = cls.from_dict(config_dict, **kwargs)
+        result = cls._from_file_dict(config_dict, os.fspath(pretrained_model_name_or_path), **kwargs)
         config = result[0] if isinstance(result, tuple) else result
         config.name_or_path = os.fspath(pretrained_model_name_or_path)
         return result
@@ -266,15 +289,134 @@ class PretrainedConfig:
         cls._auto_class = auto_class
 
 
-def load_config_dict(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """Read and parse a ``config.json``, with errors that name the file."""
+_KINDS: Dict[type, Dict[str, Tuple[type, bool]]] = {}
+_SCALARS = (bool, int, float, str)
+
+
+def _kind_of_hint(hint: Any) -> Optional[Tuple[type, bool]]:
+    """``(kind, optional)`` for ``int``, ``Optional[float]``, ...; ``None`` for anything richer."""
+    if hint in _SCALARS:
+        return hint, False
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is Union and len(args) == 2 and type(None) in args:
+        inner = args[0] if args[1] is type(None) else args[1]
+        if inner in _SCALARS:
+            return inner, True
+    return None
+
+
+def _field_kinds(cls: type) -> Dict[str, Tuple[type, bool]]:
+    """Field name -> ``(kind, optional)`` for the scalar fields of a config class (cached).
+
+    From the annotations of the ``__init__`` of ``cls`` and its bases where they
+    are plain scalars (``int``, ``Optional[float]``...), else from the type of a
+    non-``None`` default; fields set by ``PretrainedConfig.__init__`` from its
+    ``**kwargs`` from the values of ``cls()``.
+    """
+    if cls in _KINDS:
+        return _KINDS[cls]
+    kinds: Dict[str, Tuple[type, bool]] = {}
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError as err:
-        raise CheckpointNotFoundError(f"config file {path} does not exist") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"cannot read config file {path}: {err}") from err
+        defaults = dict(cls().__dict__)
+    except Exception:  # a user config that cannot be built without arguments
+        defaults = {}
+    for key, default in defaults.items():
+        kind = next((t for t in _SCALARS if isinstance(default, t)), None)
+        if kind is not None:
+            kinds[key] = (kind, False)
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            hints = typing.get_type_hints(init)
+            parameters = inspect.signature(init).parameters.values()
+        except Exception:  # unresolvable annotations: keep what the defaults say
+            continue
+        for param in parameters:
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or param.name == "self":
+                continue
+            kind = _kind_of_hint(hints.get(param.name))
+            if kind is None and param.default is not None and param.default is not param.empty:
+                kind = next(((t, False) for t in _SCALARS if isinstance(param.default, t)), None)
+            if kind is not None:
+                kinds[param.name] = kind
+    _KINDS[cls] = kinds
+    return kinds
+
+
+def _fits(value: Any, kind: type, optional: bool) -> bool:
+    if value is None:
+        return optional or kind is bool  # a null flag reads as False everywhere
+    if kind is bool:  # JSON true/false, and 0/1
+        return isinstance(value, bool) or (type(value) is int and value in (0, 1))
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_value_types(config: "PretrainedConfig", given: Any = ()) -> None:
+    """Refuse values whose JSON type cannot be what the field holds.
+
+    A scalar field (declared ``int``, ``float``, ``bool``, ``str`` or
+    ``Optional[...]`` of one in the config class's ``__init__``, or with such a
+    default) must hold one: an int field takes no strings, floats, booleans or
+    ``null`` (unless optional); a float field takes ints; a bool field takes
+    ``null`` and 0/1. Token ids (an int or a list of ints in real configs) and
+    richer fields are not checked. ``torch_dtype`` must be a string and
+    ``architectures`` a list of strings.
+
+    Args:
+        config: the config built from ``given``.
+        given: the dict it was built from (to name the key the file used for an alias).
+
+    Raises:
+        CheckpointError: naming the key, the expected type and the value.
+    """
+    cls = type(config)
+    values = config.__dict__
+    problems = []
+    dtype = values.get("torch_dtype")
+    if dtype is not None and not isinstance(dtype, (str, torch.dtype)):
+        problems.append(("torch_dtype", "a dtype name such as 'float32'", dtype))
+    architectures = values.get("architectures")
+    if architectures is not None and not (isinstance(architectures, list)
+                                          and all(isinstance(a, str) for a in architectures)):
+        problems.append(("architectures", "a list of class names", architectures))
+    for key, (kind, optional) in _field_kinds(cls).items():
+        if key.startswith("_") or key.endswith(("token_id", "token_ids")) or key not in values:
+            continue
+        if not _fits(values[key], kind, optional):
+            article = "an" if kind is int else "a"
+            problems.append((key, f"{article} {kind.__name__}{' or null' if optional else ''}", values[key]))
+    if problems:
+        key, expected, value = problems[0]
+        aliases = [alias for alias, target in cls.attribute_map.items()
+                   if target == key and isinstance(given, dict) and alias in given]
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise CheckpointError(f"config key {key!r}{f' (given as {aliases[0]!r})' if aliases else ''} must be "
+                              f"{expected}, got {type(value).__name__} {shown}")
+
+
+def load_config_dict(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Read and parse a ``config.json``, with errors that name the file.
+
+    A save that swaps the folder at the very moment the path is looked up can
+    make the file seem missing for an instant: it is looked for again (twice).
+    """
+    for attempt in range(3):
+        try:
+            with open(path, "r", encoding="utf-8") as f:
+                text = f.read()
+            break
+        except FileNotFoundError as err:
+            if attempt == 2 or not os.path.isfile(path):
+                raise CheckpointNotFoundError(f"config file {path} does not exist") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"cannot read config file {path}: {err}") from err
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as err:

@@ -6,6 +6,15 @@ by :meth:`Checkpoint.get`, which returns zero-copy views of a copy-on-write
 mapping. For ``.bin`` checkpoints a whole shard must be unpickled to reach any
 of its tensors, so at most one shard is kept in memory at a time.
 
+One version, even while the folder is being saved over: the checkpoint opens
+its folder once (:class:`~pretrained.storage.folder.FolderHandle`), re-reads
+the index there, and opens every weights file relative to that directory
+before returning; the descriptors are kept until :meth:`Checkpoint.close`, and
+mappings made from them stay valid after a save deletes the files. If the
+folder changed since it was resolved (the index differs, a file is gone), it
+is resolved again, up to ``_OPEN_ATTEMPTS`` times. With ``verify=True`` the
+files are hashed through those same descriptors (:mod:`~pretrained.storage.integrity`).
+
 >>> with Checkpoint(resolve_checkpoint("path/to/folder")) as ckpt:   # doctest: +SKIP
 ...     for name in ckpt.keys():
 ...         dtype, shape = ckpt.dtype_shape(name)     # headers only
@@ -14,19 +23,48 @@ of its tensors, so at most one shard is kept in memory at a time.
 
 from __future__ import annotations
 
+import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointNotFoundError
+from ..logging import get_logger
+from . import integrity
+from .folder import FolderHandle
 from .pickle import load_pickle
-from .resolve import ResolvedCheckpoint
+from .resolve import ResolvedCheckpoint, parse_index, resolve_checkpoint
 from .safetensors import SafetensorsHeader, SafetensorsReader, read_header
+
+logger = get_logger(__name__)
 
 _PARALLEL_HEADERS = 16
 """Read headers with threads from this many shards on: on a local disk a header costs ~0.1 ms
 and threads do not help (the GIL), on network file systems they hide the latency."""
+_OPEN_ATTEMPTS = 5
+"""How many times opening starts again (resolving anew) when a save replaces the folder meanwhile."""
+
+
+class _FolderChanged(Exception):
+    """Internal: the folder no longer holds what was resolved; ``error`` is what to raise if we give up."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _close_all(fds: dict, handles: list) -> None:
+    for fd in fds.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
+    for handle in handles:
+        handle.close()
+    handles.clear()
 
 
 class Checkpoint:
@@ -34,15 +72,40 @@ class Checkpoint:
 
     Args:
         resolved: the output of :func:`~pretrained.storage.resolve.resolve_checkpoint`.
+        verify: check the SHA-256 checksums saved with the checkpoint before
+            any tensor is read (see :mod:`pretrained.storage.integrity`); a
+            checkpoint without checksums is opened with a warning.
+
+    Attributes:
+        resolved: the resolution in use (a fresh one when the folder changed
+            between :func:`resolve_checkpoint` and this call).
 
     Raises:
         CheckpointError: a shard header is invalid, a tensor is in two shards,
             a tensor of a shard is missing from the index, or a tensor of the
             index is missing from its shard (for ``.bin`` shards the last two
-            are detected when the shard is loaded).
+            are detected when the shard is loaded); with ``verify=True``, a file
+            whose checksum differs (named), or malformed checksums; the folder
+            kept changing while it was opened.
+        CheckpointNotFoundError: a file vanished and did not come back.
     """
 
-    def __init__(self, resolved: ResolvedCheckpoint) -> None:
+    def __init__(self, resolved: ResolvedCheckpoint, *, verify: bool = False) -> None:
+        self._fds: dict[str, int] = {}
+        self._handles: list[FolderHandle] = []
+        self._finalizer = weakref.finalize(self, _close_all, self._fds, self._handles)
+        try:
+            self._open_consistent(resolved)
+            if verify:
+                self._verify()
+        except BaseException:
+            self._finalizer()
+            raise
+
+    # ----------------------------------------------------------------- construction
+
+    def _reset(self, resolved: ResolvedCheckpoint) -> None:
+        _close_all(self._fds, self._handles)
         self.resolved = resolved
         self.format = resolved.format
         self.files: list[str] = list(resolved.files)
@@ -51,12 +114,58 @@ class Checkpoint:
         self._bin_file: Optional[str] = None
         self._bin_tensors: dict[str, torch.Tensor] = {}
         self._key_file: Optional[dict[str, str]] = None
+
+    def _open_consistent(self, resolved: ResolvedCheckpoint) -> None:
+        for attempt in range(1, _OPEN_ATTEMPTS + 1):
+            self._reset(resolved)
+            try:
+                self._open_files()
+                break
+            except _FolderChanged as changed:
+                if resolved.request is None or attempt == _OPEN_ATTEMPTS:
+                    raise changed.error from None
+                logger.info("%s changed while it was being opened (%s); resolving it again",
+                            resolved.folder, changed)
+                resolved = resolve_checkpoint(**resolved.request)
         if self.format == "safetensors":
             self._read_headers()
-        elif resolved.weight_map is not None:
-            self._key_file = self._ordered(resolved.weight_map)
+        elif self.resolved.weight_map is not None:
+            self._key_file = self._ordered(self.resolved.weight_map)
 
-    # ----------------------------------------------------------------- construction
+    def _relative(self, path: str) -> str:
+        """``path`` relative to the checkpoint folder (``/``-separated), or absolute if outside it."""
+        relative = os.path.relpath(path, self.resolved.folder)
+        if relative.startswith(os.pardir) or os.path.isabs(relative):
+            return os.path.abspath(path)
+        return relative.replace(os.sep, "/")
+
+    def _open_files(self) -> None:
+        """Open the folder, check its index is still the resolved one, open every weights file in it."""
+        resolved = self.resolved
+        try:
+            folder = FolderHandle(resolved.folder)
+        except OSError as exc:
+            raise _FolderChanged(CheckpointNotFoundError(
+                f"checkpoint folder {resolved.folder} cannot be opened any more: {exc}")) from None
+        self._handles.append(folder)
+        if resolved.index_file is not None:
+            try:
+                raw = folder.read_bytes(self._relative(resolved.index_file))
+            except FileNotFoundError:
+                raise _FolderChanged(CheckpointNotFoundError(
+                    f"index file {resolved.index_file} disappeared while the checkpoint was being opened")) from None
+            if parse_index(raw, resolved.index_file, resolved.format) != resolved.index:
+                raise _FolderChanged(CheckpointError(
+                    f"{resolved.index_file} kept changing while the checkpoint was being opened "
+                    f"({_OPEN_ATTEMPTS} attempts); is a process saving to {resolved.folder} in a loop?"))
+        for file in self.files:
+            try:
+                self._fds[file] = folder.open(self._relative(file))
+            except FileNotFoundError:
+                raise _FolderChanged(CheckpointNotFoundError(
+                    f"weights file {file} disappeared while the checkpoint was being opened")) from None
+            except OSError as exc:
+                raise CheckpointError(f"cannot open weights file {file}: {exc}") from exc
 
     def _where(self) -> str:
         return self.resolved.index_file or (self.files[0] if self.files else self.resolved.folder)
@@ -67,11 +176,14 @@ class Checkpoint:
         return dict(sorted(key_file.items(), key=lambda item: rank[item[1]]))
 
     def _read_headers(self) -> None:
+        def read(file: str) -> SafetensorsHeader:
+            return read_header(file, fd=self._fds[file])
+
         if len(self.files) >= _PARALLEL_HEADERS:
             with ThreadPoolExecutor(max_workers=_PARALLEL_HEADERS) as pool:
-                headers = list(pool.map(read_header, self.files))
+                headers = list(pool.map(read, self.files))
         else:
-            headers = [read_header(file) for file in self.files]
+            headers = [read(file) for file in self.files]
         self._headers = dict(zip(self.files, headers))
         key_file: dict[str, str] = {}
         for file, header in self._headers.items():
@@ -102,7 +214,7 @@ class Checkpoint:
         """Make ``file`` the one resident ``.bin`` shard."""
         if self._bin_file != file:
             self._bin_file, self._bin_tensors = None, {}
-            tensors = load_pickle(file)
+            tensors = load_pickle(file, fd=self._fds.get(file))
             weight_map = self.resolved.weight_map
             if weight_map is not None:
                 self._check_bin_shard(file, tensors, weight_map)
@@ -182,7 +294,8 @@ class Checkpoint:
         if self.format == "safetensors":
             reader = self._readers.get(file)
             if reader is None:
-                reader = self._readers[file] = SafetensorsReader(file, header=self._headers[file])
+                reader = self._readers[file] = SafetensorsReader(file, header=self._headers[file],
+                                                                 fd=self._fds.get(file))
             return reader.get(name)
         tensors = self._load_bin(file)
         if name not in tensors:
@@ -198,10 +311,54 @@ class Checkpoint:
             self._bin_file, self._bin_tensors = None, {}
 
     def close(self) -> None:
-        """Release every file."""
+        """Release every file and close the descriptors; tensors already returned stay valid."""
         for file in list(self._readers):
             self.release(file)
         self._bin_file, self._bin_tensors = None, {}
+        self._finalizer()
+
+    # ----------------------------------------------------------------- integrity
+
+    def _verify(self) -> None:
+        """Compare every file with its saved SHA-256; see :mod:`pretrained.storage.integrity`."""
+        where = self._where()
+        if self.resolved.index is not None:
+            metadata = self.resolved.index.get("metadata") or {}
+            sums = metadata.get("checksums")
+            if sums is None:
+                integrity.misplaced_checksums(metadata, "checksums", where)
+                self._warn_unverified(where)
+                return
+            if not isinstance(sums, dict):
+                raise CheckpointError(f"{where}: metadata 'checksums' must be an object of shard file -> sha256")
+            for file in self.files:
+                shard = self._relative(file)
+                if shard not in sums:
+                    raise CheckpointError(f"{where} has checksums but none for shard {shard}; cannot verify it")
+                expected = integrity.check_digest(sums[shard], f"{where} (checksum of {shard})")
+                actual = integrity.fd_sha256(self._fds[file])
+                if actual != expected:
+                    raise integrity.mismatch(f"shard {shard} of {where}", expected, actual)
+            return
+        (file,) = self.files
+        header = self._headers.get(file)
+        expected = (header.metadata or {}).get(integrity.CHECKSUM_KEY) if header is not None else None
+        if expected is None:
+            integrity.misplaced_checksums(header.metadata if header is not None else None,
+                                          integrity.CHECKSUM_KEY, file)
+            self._warn_unverified(where)
+            return
+        integrity.check_digest(expected, f"{file} (__metadata__ {integrity.CHECKSUM_KEY!r})")
+        fd = self._fds[file]
+        actual = integrity.fd_sha256(
+            fd, zero_at=integrity.embedded_digest_offset(fd, header.data_offset, expected, file))
+        if actual != expected:
+            raise integrity.mismatch(file, expected, actual)
+
+    @staticmethod
+    def _warn_unverified(where: str) -> None:
+        logger.warning("verify=True but the checkpoint at %s carries no checksums (save it with "
+                       "checksums=True to add them); loading it unverified", where)
 
     def __enter__(self) -> "Checkpoint":
         return self

@@ -20,6 +20,7 @@ from typing import Callable, Mapping, Optional, Union
 import torch
 
 from ..errors import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
+from .folder import fd_path
 from .safetensors import LFS_PREFIX, lfs_pointer_message
 
 PathLike = Union[str, os.PathLike]
@@ -95,10 +96,26 @@ def _referenced_globals(path: str) -> list[str]:
     return found
 
 
+def _allowed_globals() -> Optional[set]:
+    """``module.name`` of every global torch's weights-only unpickler accepts (``None`` if unknown)."""
+    try:
+        from torch import _weights_only_unpickler as unpickler
+
+        return (set(unpickler._get_allowed_globals()) | set(unpickler._get_user_allowed_globals())
+                | _ALLOWED_GLOBALS)
+    except Exception:  # a private API: fall back to the coarse rule below
+        return None
+
+
 def _unsafe_global(path: str) -> Optional[str]:
-    """The first global outside torch and a few containers that the pickle would import."""
+    """The first global the pickle would import that torch's weights-only allow-list lacks
+    (``torch.hub.load`` is as unsafe as ``os.system``)."""
+    allowed = _allowed_globals()
     for name in _referenced_globals(path):
-        if not (name.startswith("torch.") or name in _ALLOWED_GLOBALS):
+        if allowed is not None:
+            if name not in allowed:
+                return name
+        elif not (name.startswith("torch.") or name in _ALLOWED_GLOBALS):
             return name
     return None
 
@@ -125,11 +142,13 @@ def _check_state_dict(obj, path: str) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def load_pickle(path: PathLike) -> dict[str, torch.Tensor]:
+def load_pickle(path: PathLike, *, fd: Optional[int] = None) -> dict[str, torch.Tensor]:
     """Load a ``.bin`` state dict onto the CPU without running any code from it.
 
     Args:
         path: a file written by ``torch.save`` (zip or legacy format).
+        fd: an open descriptor of the file to read instead of opening ``path``
+            again (``path`` then only names the file in messages).
 
     Returns:
         name -> tensor, in the file's order.
@@ -142,11 +161,13 @@ def load_pickle(path: PathLike) -> dict[str, torch.Tensor]:
         CheckpointNotFoundError: when the file does not exist.
     """
     path = os.fspath(path)
-    if _first_bytes(path, len(LFS_PREFIX)) == LFS_PREFIX:
+    source = path if fd is None else fd_path(fd, path)  # the file we read; `path` names it in messages
+    if _first_bytes(source, len(LFS_PREFIX)) == LFS_PREFIX:
         raise CheckpointError(lfs_pointer_message(path))
-    use_mmap = zipfile.is_zipfile(path)
+    use_mmap = _first_bytes(source, 4) == b"PK\x03\x04"  # a torch.save zip (is_zipfile also says yes to a
+    # pickle that merely embeds a zip near its end)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
+        obj = torch.load(source, map_location="cpu", weights_only=True, mmap=use_mmap)
     except _pickle.UnpicklingError as exc:
         if _is_unsafe(exc):
             raise UnsafeCheckpointError(
@@ -154,7 +175,7 @@ def load_pickle(path: PathLike) -> dict[str, torch.Tensor]:
                 f"allow-list, so loading it could execute arbitrary code ({_last_line(exc)}). "
                 "Convert it to safetensors from a trusted environment."
             ) from exc
-        offender = _unsafe_global(path)
+        offender = _unsafe_global(source)
         if offender is not None:
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: its pickle imports {offender}, so loading it could execute "
@@ -166,6 +187,12 @@ def load_pickle(path: PathLike) -> dict[str, torch.Tensor]:
         ) from exc
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError,
             AttributeError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        offender = _unsafe_global(source)
+        if offender is not None:
+            raise UnsafeCheckpointError(
+                f"refusing to load {path}: its pickle imports {offender}, so loading it could execute "
+                f"arbitrary code; torch's weights-only loader stopped at: {type(exc).__name__}: {_last_line(exc)}"
+            ) from exc
         raise CheckpointError(f"{path} is truncated or not a PyTorch weights file: "
                               f"{type(exc).__name__}: {_last_line(exc) or 'unexpected end of file'}") from exc
     return _check_state_dict(obj, path)

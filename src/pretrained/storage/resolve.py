@@ -12,6 +12,15 @@ Index files are untrusted input: the shard names they list are checked
 (relative, no ``..``, no backslash or drive letter, extension of the format)
 before any shard is opened or downloaded.
 
+Local folders are read through one directory descriptor
+(:class:`~pretrained.storage.folder.FolderHandle`): the weights file, the
+index and the shards it names are all looked up in the same directory, so a
+save that swaps the folder meanwhile cannot make resolution mix two versions;
+when the folder was swapped under a failed lookup, resolution starts again
+(a bounded number of times). :class:`ResolvedCheckpoint` remembers how it was
+asked for, so :class:`~pretrained.storage.checkpoint.Checkpoint` can resolve
+again when the folder changes before it has opened every file.
+
 Hub access goes through ``huggingface_hub.hf_hub_download`` (imported only
 when a repo id is used), so its cache, ``HF_HUB_OFFLINE=1`` and
 ``HF_HUB_CACHE`` all work as they do for Transformers.
@@ -23,6 +32,7 @@ when a repo id is used), so its cache, ``HF_HUB_OFFLINE=1`` and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -32,6 +42,7 @@ from typing import Any, Optional, Union
 from ..errors import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
 from ..logging import get_logger
 from . import names
+from .folder import FolderHandle
 
 logger = get_logger(__name__)
 
@@ -42,6 +53,8 @@ HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revis
 
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 _SINGLE_FILE_FORMATS = {".safetensors": "safetensors", ".bin": "bin", ".pt": "bin", ".pth": "bin"}
+_RESOLVE_ATTEMPTS = 5
+"""How many times a local resolution starts again when the folder is swapped under it."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,8 @@ class ResolvedCheckpoint:
         weight_map: tensor name -> path (one of ``files``) when sharded, else ``None``.
         index: the parsed index JSON when sharded, else ``None``.
         index_file: path of the index file when sharded, else ``None``.
+        request: the arguments of the :func:`resolve_checkpoint` call that
+            produced it (to resolve again), or ``None``.
     """
 
     folder: str
@@ -64,6 +79,7 @@ class ResolvedCheckpoint:
     weight_map: Optional[dict[str, str]]
     index: Optional[dict]
     index_file: Optional[str] = None
+    request: Optional[dict] = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def is_sharded(self) -> bool:
@@ -187,12 +203,14 @@ def resolve_file(
     path = os.fspath(name_or_path)
     folder = _local_folder(path, hub_kwargs.get("subfolder"))
     if folder is not None:
-        candidate = os.path.join(folder, filename)
-        if os.path.isfile(candidate):
-            return candidate
-        if required:
-            raise CheckpointNotFoundError(f"{filename} not found in folder {folder}")
-        return None
+        def find(handle: Optional[FolderHandle]) -> Optional[str]:
+            if handle is not None and handle.isfile(filename):
+                return handle.join(filename)
+            if required:
+                raise CheckpointNotFoundError(f"{filename} not found in folder {folder}")
+            return None
+
+        return _in_local_folder(folder, find)
     if not looks_like_repo_id(path):
         raise _not_local(path)
     return _hub_download(path, filename, required=required, **hub_kwargs)
@@ -235,11 +253,17 @@ def read_index(index_file: str, fmt: str) -> dict:
         CheckpointError: malformed JSON or schema.
         UnsafeCheckpointError: a shard name that escapes the folder or has the wrong extension.
     """
+    with open(index_file, "rb") as file:
+        return parse_index(file.read(), index_file, fmt)
+
+
+def parse_index(raw: bytes, index_file: str, fmt: str) -> dict:
+    """:func:`read_index` on the bytes of the file; ``index_file`` names it in messages."""
     try:
-        with open(index_file, "rb") as file:
-            index = json.loads(file.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{index_file} is not a valid JSON index file: {exc}") from exc
+        index = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, too deep, too many digits
+        raise CheckpointError(f"{index_file} is not a valid JSON index file: {type(exc).__name__}: "
+                              f"{str(exc)[:200]}") from None
     if not isinstance(index, dict):
         raise CheckpointError(f"{index_file}: an index must be a JSON object, got {type(index).__name__}")
     weight_map = index.get("weight_map")
@@ -250,24 +274,26 @@ def read_index(index_file: str, fmt: str) -> dict:
         raise CheckpointError(f"{index_file}: 'metadata' must be an object, got {type(metadata).__name__}")
     for name, shard in weight_map.items():
         if not isinstance(shard, str):
-            raise CheckpointError(f"{index_file}: weight_map[{name!r}] must be a file name, got {shard!r}")
-    for shard in set(weight_map.values()):
+            raise CheckpointError(f"{index_file}: weight_map[{name!r}] must be a file name, got {shard!r}"[:500])
+    for shard in sorted(set(weight_map.values())):
         _check_shard_name(shard, fmt, index_file)
     return index
 
 
 def _resolve_shards(
-    index_file: str, index: dict, location: str, *, is_local: bool, hub_kwargs: dict
+    index_file: str, index: dict, location: str, *, folder: Optional[FolderHandle], hub_kwargs: dict
 ) -> tuple[list[str], dict[str, str]]:
-    """Local paths of every shard named by ``index`` and the tensor -> path map."""
+    """Local paths of every shard named by ``index`` and the tensor -> path map.
+
+    ``folder`` is the opened local folder of the index, or ``None`` for a Hub repository.
+    """
     weight_map: dict[str, str] = index["weight_map"]
     paths: dict[str, str] = {}
-    folder = os.path.dirname(index_file)
     for shard in sorted(set(weight_map.values())):
-        if is_local:
-            path = os.path.join(folder, *shard.split("/"))
-            if not os.path.isfile(path):
-                raise CheckpointNotFoundError(f"shard {shard} named by {index_file} not found in {folder}")
+        if folder is not None:
+            path = folder.join(shard)
+            if not folder.isfile(shard):
+                raise CheckpointNotFoundError(f"shard {shard} named by {index_file} not found in {folder.path}")
         else:
             subfolder = hub_kwargs.get("subfolder")
             try:
@@ -311,15 +337,63 @@ def _single_file(path: str, use_safetensors: Optional[bool]) -> "ResolvedCheckpo
     if (use_safetensors is True and fmt != "safetensors") or (use_safetensors is False and fmt == "safetensors"):
         raise CheckpointNotFoundError(f"use_safetensors={use_safetensors} but {path} is a {fmt} file")
     if is_index:
-        return _from_index(path, fmt, folder, is_local=True, hub_kwargs={})
+        return _in_local_folder(folder, lambda handle: _from_local_index(handle, os.path.basename(path), fmt))
     return ResolvedCheckpoint(folder, fmt, [path], None, None)
 
 
-def _from_index(index_file: str, fmt: str, folder: str, *, is_local: bool, location: str = "",
-                hub_kwargs: dict) -> ResolvedCheckpoint:
+def _from_local_index(folder: Optional[FolderHandle], filename: str, fmt: str) -> ResolvedCheckpoint:
+    if folder is None:
+        raise CheckpointNotFoundError(f"the folder of index file {filename} cannot be opened")
+    index_file = folder.join(filename)
+    try:
+        raw = folder.read_bytes(filename)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"index file {index_file} does not exist") from None
+    index = parse_index(raw, index_file, fmt)
+    files, weight_map = _resolve_shards(index_file, index, "", folder=folder, hub_kwargs={})
+    return ResolvedCheckpoint(folder.path, fmt, files, weight_map, index, index_file)
+
+
+def _from_hub_index(index_file: str, fmt: str, location: str, hub_kwargs: dict) -> ResolvedCheckpoint:
     index = read_index(index_file, fmt)
-    files, weight_map = _resolve_shards(index_file, index, location, is_local=is_local, hub_kwargs=hub_kwargs)
-    return ResolvedCheckpoint(folder, fmt, files, weight_map, index, index_file)
+    files, weight_map = _resolve_shards(index_file, index, location, folder=None, hub_kwargs=hub_kwargs)
+    return ResolvedCheckpoint(os.path.dirname(index_file), fmt, files, weight_map, index, index_file)
+
+
+def _in_local_folder(path: str, resolve):
+    """``resolve(handle)`` on the opened folder ``path``; start again (a few times) when a file
+    was missing because a save swapped the folder meanwhile."""
+    for attempt in range(_RESOLVE_ATTEMPTS):
+        try:
+            handle = FolderHandle(path)
+        except OSError:
+            handle = None
+        try:
+            return resolve(handle)
+        except CheckpointNotFoundError:
+            if handle is None or attempt + 1 == _RESOLVE_ATTEMPTS or not handle.replaced():
+                raise
+            logger.info("%s was replaced while it was being resolved; resolving again", path)
+        finally:
+            if handle is not None:
+                handle.close()
+    raise AssertionError("unreachable")
+
+
+def _resolve_local(folder: Optional[FolderHandle], location: str, variant: Optional[str],
+                   use_safetensors: Optional[bool], hub_kwargs: dict) -> ResolvedCheckpoint:
+    tried = []
+    for fmt, filename, is_index in _candidates(variant, use_safetensors):
+        tried.append(filename)
+        if folder is None or not folder.isfile(filename):
+            continue
+        logger.debug("resolved %s weights of %s to %s", fmt, location, folder.join(filename))
+        if is_index:
+            return _from_local_index(folder, filename, fmt)
+        return ResolvedCheckpoint(folder.path, fmt, [folder.join(filename)], None, None)
+    path = folder.path if folder is not None else os.path.abspath(
+        os.path.join(location, hub_kwargs.get("subfolder") or ""))
+    raise _not_found(location, path, tried, variant, use_safetensors, hub_kwargs)
 
 
 def _exists_without_fetch(location: str, filename: str, folder: Optional[str], hub_kwargs: dict) -> bool:
@@ -390,25 +464,32 @@ def resolve_checkpoint(
         TypeError: for an unknown keyword argument.
     """
     _check_hub_kwargs(hub_kwargs)
-    path = os.fspath(name_or_path)
+    request = dict(name_or_path=name_or_path, variant=variant, use_safetensors=use_safetensors, **hub_kwargs)
+    return dataclasses.replace(_resolve(os.fspath(name_or_path), variant, use_safetensors, hub_kwargs),
+                               request=request)
+
+
+def _resolve(path: str, variant: Optional[str], use_safetensors: Optional[bool], hub_kwargs: dict
+             ) -> ResolvedCheckpoint:
     if os.path.isfile(path):
         return _single_file(path, use_safetensors)
     folder = _local_folder(path, hub_kwargs.get("subfolder"))
-    if folder is None and not looks_like_repo_id(path):
+    if folder is not None:
+        return _in_local_folder(
+            folder, lambda handle: _resolve_local(handle, path, variant, use_safetensors, hub_kwargs))
+    if not looks_like_repo_id(path):
         raise _not_local(path)
     tried = []
     for fmt, filename, is_index in _candidates(variant, use_safetensors):
         tried.append(filename)
-        found = resolve_file(path, filename, required=False, **hub_kwargs)
+        found = _hub_download(path, filename, required=False, **hub_kwargs)
         if found is None:
             continue
-        found_folder = os.path.dirname(found)
         logger.debug("resolved %s weights of %s to %s", fmt, path, found)
         if is_index:
-            return _from_index(found, fmt, found_folder, is_local=folder is not None, location=path,
-                               hub_kwargs=hub_kwargs)
-        return ResolvedCheckpoint(found_folder, fmt, [found], None, None)
-    raise _not_found(path, folder, tried, variant, use_safetensors, hub_kwargs)
+            return _from_hub_index(found, fmt, path, hub_kwargs)
+        return ResolvedCheckpoint(os.path.dirname(found), fmt, [found], None, None)
+    raise _not_found(path, None, tried, variant, use_safetensors, hub_kwargs)
 
 
 __all__ = [
@@ -417,5 +498,6 @@ __all__ = [
     "looks_like_repo_id",
     "resolve_file",
     "read_index",
+    "parse_index",
     "resolve_checkpoint",
 ]

@@ -27,6 +27,7 @@ uses a hash map); we write them sorted.
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
@@ -142,11 +143,20 @@ def _parse_metadata(value) -> Optional[dict[str, str]]:
     return value
 
 
+_MAX_EXTENT = 2**63 - 1
+"""Largest product of the dimensions (zeros counted as 1) torch can lay out."""
+
+
 def _numel(name: str, shape, limit: int) -> int:
     """Element count of ``shape``; stops early once it passes ``limit`` (no huge ints)."""
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise _HeaderProblem(f"tensor {name!r}: shape must be a list of non-negative ints, got {shape!r}")
-    if 0 in shape:
+    if 0 in shape:  # no data, but torch must still be able to compute the strides
+        extent = 1
+        for dim in shape:
+            extent *= max(dim, 1)
+            if extent > _MAX_EXTENT:
+                raise _HeaderProblem(f"tensor {name!r}: shape {shape!r} is too large for a tensor")
         return 0
     numel = 1
     for dim in shape:
@@ -216,6 +226,10 @@ def _parse_header(raw: bytes, data_offset: int, file_size: int) -> SafetensorsHe
         obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise _HeaderProblem(f"header is not valid JSON ({exc.msg} at char {exc.pos})") from None
+    except RecursionError:
+        raise _HeaderProblem("header JSON is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python's digit limit
+        raise _HeaderProblem(f"header is not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise _HeaderProblem(f"header must be a JSON object, got {type(obj).__name__}")
     metadata = _parse_metadata(obj.pop("__metadata__", None))
@@ -231,11 +245,17 @@ def lfs_pointer_message(path: PathLike) -> str:
             "without git-lfs; run `git lfs install && git lfs pull` in it")
 
 
-def read_header(path: PathLike) -> SafetensorsHeader:
+def read_header(path: PathLike, *, fd: Optional[int] = None) -> SafetensorsHeader:
     """Read and validate the header of a safetensors file; no tensor data is read.
+
+    Only the bytes the file really holds are read: a header length larger than
+    the file (or than :data:`MAX_HEADER_SIZE`) is refused before anything is
+    allocated for it.
 
     Args:
         path: the file.
+        fd: an open descriptor of the file to read instead of opening ``path``
+            (``path`` then only names the file in messages); read with ``pread``.
 
     Returns:
         The :class:`SafetensorsHeader`.
@@ -246,28 +266,40 @@ def read_header(path: PathLike) -> SafetensorsHeader:
             overlaps or holes in the data area, non-string metadata, git-lfs pointer).
         CheckpointNotFoundError: when the file does not exist.
     """
+    if fd is None:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError as exc:
+            raise CheckpointNotFoundError(f"safetensors file {os.fspath(path)} does not exist") from exc
+        except OSError as exc:
+            raise CheckpointError(f"cannot read safetensors file {os.fspath(path)}: {exc}") from exc
+        try:
+            return read_header(path, fd=fd)
+        finally:
+            os.close(fd)
     try:
-        file = open(path, "rb")
-    except FileNotFoundError as exc:
-        raise CheckpointNotFoundError(f"safetensors file {os.fspath(path)} does not exist") from exc
-    with file:
-        file_size = os.fstat(file.fileno()).st_size
-        prefix = file.read(len(LFS_PREFIX))
-        if prefix == LFS_PREFIX:
-            raise CheckpointError(lfs_pointer_message(path))
-        head = prefix[:8]
-        if len(head) < 8:
-            raise CheckpointError(f"{os.fspath(path)}: not a safetensors file: only {file_size} bytes, "
-                                  "shorter than the 8-byte header length")
-        (length,) = struct.unpack("<Q", head)
-        if length > MAX_HEADER_SIZE:
-            raise CheckpointError(f"{os.fspath(path)}: invalid safetensors file: header length {length} "
-                                  f"exceeds the {MAX_HEADER_SIZE}-byte limit")
-        if 8 + length > file_size:
-            raise CheckpointError(f"{os.fspath(path)}: invalid safetensors file: header length {length} "
-                                  f"is larger than the file ({file_size} bytes); the file is truncated or not safetensors")
-        file.seek(8)
-        raw = file.read(length)
+        return _read_header_fd(path, fd)
+    except OSError as exc:  # e.g. a directory where a file was expected
+        raise CheckpointError(f"cannot read safetensors file {os.fspath(path)}: {exc}") from exc
+
+
+def _read_header_fd(path: PathLike, fd: int) -> SafetensorsHeader:
+    file_size = os.fstat(fd).st_size
+    prefix = os.pread(fd, len(LFS_PREFIX), 0)
+    if prefix == LFS_PREFIX:
+        raise CheckpointError(lfs_pointer_message(path))
+    head = prefix[:8]
+    if len(head) < 8:
+        raise CheckpointError(f"{os.fspath(path)}: not a safetensors file: only {file_size} bytes, "
+                              "shorter than the 8-byte header length")
+    (length,) = struct.unpack("<Q", head)
+    if length > MAX_HEADER_SIZE:
+        raise CheckpointError(f"{os.fspath(path)}: invalid safetensors file: header length {length} "
+                              f"exceeds the {MAX_HEADER_SIZE}-byte limit")
+    if 8 + length > file_size:
+        raise CheckpointError(f"{os.fspath(path)}: invalid safetensors file: header length {length} "
+                              f"is larger than the file ({file_size} bytes); the file is truncated or not safetensors")
+    raw = os.pread(fd, length, 8)
     if len(raw) != length:
         raise CheckpointError(f"{os.fspath(path)}: file shrank while its header was being read")
     try:
@@ -286,6 +318,8 @@ class SafetensorsReader:
     Args:
         path: the file.
         header: an already validated header of this file (skips re-reading it).
+        fd: an open descriptor of the file to map instead of opening ``path``
+            (the reader keeps its own reference; the caller still closes ``fd``).
 
     Raises:
         CheckpointError: for an invalid file, or one that changed size since its header was read.
@@ -294,15 +328,40 @@ class SafetensorsReader:
     ...     names = reader.keys(); first = reader.get(names[0])
     """
 
-    def __init__(self, path: PathLike, *, header: Optional[SafetensorsHeader] = None) -> None:
+    def __init__(self, path: PathLike, *, header: Optional[SafetensorsHeader] = None,
+                 fd: Optional[int] = None) -> None:
         self.path = os.fspath(path)
-        self.header = header if header is not None else read_header(self.path)
-        with open(self.path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            if size != self.header.file_size:
-                raise CheckpointError(f"{self.path}: file changed size while being read "
-                                      f"({self.header.file_size} -> {size} bytes)")
-            self._map: Optional[mmap.mmap] = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+        self._map: Optional[mmap.mmap] = None
+        self._fd: Optional[int] = None  # per-tensor mappings only: our own descriptor of the file
+        self._closed = False
+        if fd is None:
+            with open(self.path, "rb") as file:
+                self._map_file(file.fileno(), header)
+        else:
+            self._map_file(fd, header)
+
+    def _map_file(self, fd: int, header: Optional[SafetensorsHeader]) -> None:
+        self.header = header if header is not None else read_header(self.path, fd=fd)
+        size = os.fstat(fd).st_size
+        if size != self.header.file_size:
+            raise CheckpointError(f"{self.path}: file changed size while being read "
+                                  f"({self.header.file_size} -> {size} bytes)")
+        try:
+            self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        except OSError as exc:
+            if exc.errno != errno.ENOMEM:
+                raise CheckpointError(f"{self.path}: cannot map the file: {exc}") from exc
+            # A private mapping reserves its size against RAM + swap (the kernel's overcommit
+            # heuristic refuses one larger than that): map each tensor on its own instead.
+            self._fd = os.dup(fd)
+
+    def _map_range(self, name: str, info: TensorInfo) -> tuple[mmap.mmap, int]:
+        """A private mapping covering just ``info`` and the tensor's offset in it."""
+        start = info.start - info.start % mmap.ALLOCATIONGRANULARITY
+        try:
+            return mmap.mmap(self._fd, info.end - start, offset=start, access=mmap.ACCESS_COPY), info.start - start
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot map tensor {name!r} ({info.nbytes} bytes): {exc}") from exc
 
     @property
     def metadata(self) -> Optional[dict[str, str]]:
@@ -327,12 +386,13 @@ class SafetensorsReader:
             info = self.header.tensors[name]
         except KeyError:
             raise KeyError(f"no tensor named {name!r} in {self.path}") from None
-        if self._map is None:
+        if self._closed:
             raise ValueError(f"reader of {self.path} is closed")
         count = info.numel
         if count == 0:
             return torch.empty(info.shape, dtype=info.dtype)
-        tensor = torch.frombuffer(self._map, dtype=info.dtype, count=count, offset=info.start)
+        buffer, offset = (self._map, info.start) if self._map is not None else self._map_range(name, info)
+        tensor = torch.frombuffer(buffer, dtype=info.dtype, count=count, offset=offset)
         if info.start % info.dtype.itemsize:
             tensor = tensor.clone()
         return tensor.view(info.shape)
@@ -340,6 +400,10 @@ class SafetensorsReader:
     def close(self) -> None:
         """Drop the mapping; existing views keep it alive until they are freed."""
         self._map = None
+        self._closed = True
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "SafetensorsReader":
         return self
