@@ -65,3 +65,50 @@ def test_inspect_not_a_checkpoint_is_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     assert_one_line_error(cli("inspect", str(tmp_path)), "model.safetensors")
     assert_one_line_error(cli("inspect", str(tmp_path / "missing")), "does not exist")
+
+
+def test_plan_from_config_alone(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+        "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256}))
+    result = cli("plan", str(tmp_path), "--max-memory", "0=40GiB,1=40GiB,cpu=64GiB", "--dtype", "bf16")
+    assert result.returncode == 0, result.stderr
+    assert "device map" in result.stdout and "to disk: nothing" in result.stdout
+    assert "model.layers.0" in result.stdout and "#" in result.stdout  # head model (prefix), with usage bars
+
+
+def test_plan_sends_what_does_not_fit_to_disk(hf_gpt2_dirs):
+    result = cli("plan", str(hf_gpt2_dirs["single"]), "--max-memory", "cpu=60KB")
+    assert result.returncode == 0, result.stderr
+    assert "to disk: " in result.stdout and "to disk: nothing" not in result.stdout
+
+
+@pytest.mark.parametrize("spec", ["cpu", "cpu=lots", "gpu0=1GB", ""])
+def test_plan_bad_max_memory_is_one_line(hf_gpt2_dirs, spec):
+    assert_one_line_error(cli("plan", str(hf_gpt2_dirs["single"]), "--max-memory", spec), "max")
+
+
+def test_convert_casts_reshards_and_loads_in_transformers(hf_gpt2_dirs, tmp_path, input_ids):
+    import torch
+    import transformers
+
+    dst = tmp_path / "out"
+    result = cli("convert", str(hf_gpt2_dirs["bin"]), str(dst), "--dtype", "bfloat16", "--max-shard-size", "40KB")
+    assert result.returncode == 0, result.stderr
+    assert "verified equal" in result.stdout
+    assert len(list(dst.glob("model-*-of-*.safetensors"))) >= 2 and (dst / "config.json").is_file()
+    assert json.loads((dst / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    ref = transformers.AutoModelForCausalLM.from_pretrained(hf_gpt2_dirs["bin"])
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(dst, dtype="auto")
+    assert theirs.dtype == torch.bfloat16
+    for (name, a), (_, b) in zip(ref.state_dict().items(), theirs.state_dict().items()):
+        assert torch.equal(a.to(torch.bfloat16), b), name
+    back = cli("convert", str(dst), str(tmp_path / "bin"), "--to", "bin")
+    assert back.returncode == 0, back.stderr and (tmp_path / "bin" / "pytorch_model.bin").is_file()
+
+
+def test_convert_not_a_checkpoint_is_one_line(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "notes.txt").write_text("hello")
+    assert_one_line_error(cli("convert", str(tmp_path / "src"), str(tmp_path / "dst")), "model.safetensors")
+    assert_one_line_error(cli("convert", str(tmp_path / "missing"), str(tmp_path / "dst")), "does not exist")

@@ -176,6 +176,83 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_max_memory_arg(text: str) -> dict:
+    """``"0=20GiB,1=20GiB,cpu=64GiB"`` -> ``{0: "20GiB", 1: "20GiB", "cpu": "64GiB"}``."""
+    budgets: dict = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        device, sep, size = item.partition("=")
+        if not sep or not device.strip() or not size.strip():
+            raise CLIError(f"--max-memory: {item!r} is not DEVICE=SIZE (e.g. 0=20GiB,cpu=64GiB)")
+        device = device.strip()
+        budgets[int(device) if device.isdigit() else device] = size.strip()
+    if not budgets:
+        raise CLIError("--max-memory is empty; e.g. 0=20GiB,cpu=64GiB")
+    return budgets
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The device map ``from_pretrained`` would use, from the config alone (meta device)."""
+    import torch
+
+    from . import AutoConfig
+    from .inspection import meta_model
+    from .placement import infer_device_map
+    from .utils import parse_dtype, parse_size
+
+    _check_model_arg(args.model)
+    budgets = parse_max_memory_arg(args.max_memory)
+    try:
+        for key, value in budgets.items():
+            parse_size(value, name=f"--max-memory {key}")
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+    dtype = parse_dtype(args.dtype or "float32", name="--dtype", allow_auto=False)
+    config = AutoConfig.from_pretrained(args.model)
+    with torch.device("meta"):
+        model = meta_model(config)
+    if model is None:
+        raise CLIError(f"no architecture of pretrained matches model_type {config.model_type!r}")
+    no_split = args.no_split or None
+    plan = infer_device_map(model, budgets, no_split_module_classes=no_split, dtype=dtype, strategy=args.strategy)
+    _print_plan(plan, budgets)
+    return 0
+
+
+def _print_plan(plan, budgets: dict) -> None:
+    from .utils import parse_size
+
+    print(f"device map ({len(plan.device_map)} entries), execution device {plan.main_device}")
+    devices = list(dict.fromkeys(list(budgets) + list(plan.used)))
+    width = 30
+    for device in devices:
+        used = plan.used.get(device, 0)
+        budget = parse_size(budgets[device]) if device in budgets else None
+        if budget:
+            filled = min(width, round(width * used / budget))
+            bar = "#" * filled + "." * (width - filled)
+            print(f"  {str(device):>6} [{bar}] {_human(used)} of {_human(budget)}")
+        else:
+            print(f"  {str(device):>6} {_human(used)}")
+        modules = [name or "(whole model)" for name, dev in plan.device_map.items() if dev == device]
+        if modules:
+            shown = ", ".join(modules[:6]) + (f", ... ({len(modules)} modules)" if len(modules) > 6 else "")
+            print(f"         {shown}")
+    on_disk = [name or "(whole model)" for name, dev in plan.device_map.items() if dev == "disk"]
+    print(f"  to disk: {', '.join(on_disk) if on_disk else 'nothing'}")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .conversion import convert_checkpoint
+
+    _check_model_arg(args.src)
+    report = convert_checkpoint(args.src, args.dst, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                                to=args.to, variant=args.variant, source_variant=args.source_variant)
+    print(f"converted {report['tensors']} tensors ({_human(report['bytes'])}) from {args.src} to {args.dst} "
+          f"as {report['format']} in {len(report['files'])} file(s); verified equal to the source")
+    print(f"  peak RSS {_human(_peak_rss_bytes())}, largest tensor {_human(report['largest_tensor_bytes'])}")
+    return 0
+
+
 def _check_model_arg(model: str) -> None:
     from .storage.resolve import looks_like_repo_id
 
@@ -200,6 +277,24 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--variant", help="weights variant, e.g. fp16")
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
     inspect.set_defaults(func=cmd_inspect)
+
+    plan = sub.add_parser("plan", help="where each layer would go, from the config alone")
+    plan.add_argument("model", help="model folder, config.json folder or Hub repo id")
+    plan.add_argument("--max-memory", required=True, help="budgets, e.g. 0=20GiB,1=20GiB,cpu=64GiB")
+    plan.add_argument("--dtype", help="float32 (default), bfloat16, float16")
+    plan.add_argument("--strategy", default="auto", help="auto, balanced, balanced_low_0, sequential")
+    plan.add_argument("--no-split", action="append", help="module class to keep whole (repeatable)")
+    plan.set_defaults(func=cmd_plan)
+
+    convert = sub.add_parser("convert", help="rewrite a checkpoint (dtype, shards, format), tensor by tensor")
+    convert.add_argument("src", help="source checkpoint folder or Hub repo id")
+    convert.add_argument("dst", help="destination folder")
+    convert.add_argument("--dtype", help="cast floating-point tensors (float32, bfloat16, float16)")
+    convert.add_argument("--max-shard-size", default="5GB", help="e.g. 5GB, 500MB, 2GiB")
+    convert.add_argument("--to", choices=["safetensors", "bin"], default="safetensors")
+    convert.add_argument("--variant", help="variant of the output files")
+    convert.add_argument("--source-variant", help="variant of the input files")
+    convert.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -29,7 +29,8 @@ def meta_model(config, architecture: Optional[str] = None) -> Optional[nn.Module
     else the base model) built on the meta device, or ``None`` if unknown."""
     names = [architecture] if architecture else list(config.architectures or [])
     module_name = _CONFIGS.get(config.model_type, (None,))[0]
-    candidates = names + [_MODELS["AutoModel"].get(config.model_type)]
+    heads = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForMaskedLM", "AutoModel")
+    candidates = names + [_MODELS[auto].get(config.model_type) for auto in heads]
     for name in candidates:
         if not name or module_name is None:
             continue
