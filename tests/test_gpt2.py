@@ -19,6 +19,7 @@ from helpers import assert_close
 transformers = pytest.importorskip("transformers")
 from transformers.models.gpt2 import modeling_gpt2 as hf_gpt2  # noqa: E402
 
+from pretrained.modeling.cache import DynamicCache  # noqa: E402
 from pretrained.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model  # noqa: E402
 
 ATOL = 1e-5
@@ -203,7 +204,7 @@ def test_incremental_decoding_equals_full_forward(reference, kwargs, input_ids, 
         out = ours(input_ids[:, :3], use_cache=True)
         steps = [out.logits]
         past = out.past_key_values
-        assert isinstance(past, tuple) and len(past) == kwargs["n_layer"]
+        assert isinstance(past, DynamicCache) and len(past) == kwargs["n_layer"]
         assert past[0][0].shape == (2, kwargs["n_head"], 3, 8)
         # one chunk of two tokens (causal inside the chunk), then one token at a time
         out = ours(input_ids[:, 3:5], past_key_values=past)

@@ -34,6 +34,8 @@ _EXPORTS = {
     "T5Model": "pretrained.models.t5",
     "T5EncoderModel": "pretrained.models.t5",
     "T5ForConditionalGeneration": "pretrained.models.t5",
+    "DynamicCache": "pretrained.modeling.cache",
+    "GenerationMixin": "pretrained.modeling.generation",
     # auto classes
     "AutoConfig": "pretrained.auto",
     "AutoModel": "pretrained.auto",

@@ -2,7 +2,13 @@
 
 Shape notation:
     B batch, H heads, Sq query length, Sk key length, D head size,
-    T tokens of a packed (padding-free) batch.
+    T tokens of a packed (padding-free) batch, Hkv key/value heads.
+
+Grouped-query attention (GQA, MQA): keys and values may have fewer heads than
+the queries (Hkv divides H); each key/value head serves H / Hkv consecutive
+query heads.  SDPA then runs without copying the keys where it can (one query:
+the head groups are folded into the query axis; no mask: ``enable_gqa``), else
+the keys and values are repeated (:func:`repeat_kv`), as eager always does.
 
 One entry point, :func:`attention`, runs either
 
@@ -46,6 +52,7 @@ __all__ = [
     "eager_attention",
     "causal_mask",
     "padding_mask",
+    "repeat_kv",
     "PackedSequences",
     "find_pruneable_heads_and_indices",
     "prune_linear_layer",
@@ -72,7 +79,8 @@ def attention(
     """Multi-head attention of ``query`` over ``key``/``value``.
 
     Args:
-        query, key, value: (B, H, Sq|Sk, D); for a packed batch (``mask`` a
+        query, key, value: (B, H, Sq|Sk, D), keys and values possibly with
+            Hkv heads (GQA, Hkv dividing H); for a packed batch (``mask`` a
             :class:`PackedSequences`), (H, T, D).
         mask: additive float mask broadcastable to (B, H, Sq, Sk) that already
             contains any causal part; or a :class:`PackedSequences`; or ``None``.
@@ -110,8 +118,22 @@ def attention(
         mask, causal = causal_mask(None, q_len, k_len, dtype=query.dtype, device=query.device), False
     if mask is not None and mask.dtype != torch.bool and mask.dtype != query.dtype:
         mask = mask.to(query.dtype)
+    groups = query.shape[1] // key.shape[1]
+    gqa = {}
+    if groups > 1:
+        if q_len == 1 and (mask is None or mask.shape[1] == 1):
+            # (B, H, 1, D) -> (B, Hkv, groups, D): a group's queries share one key head, no causality to mind
+            batch, heads, _, _ = query.shape
+            out = F.scaled_dot_product_attention(
+                query.reshape(batch, heads // groups, groups, query.shape[-1]), key, value, attn_mask=mask,
+                dropout_p=dropout_p, scale=scale)
+            return out.reshape(out.shape[0], heads, 1, value.shape[-1]), None
+        if mask is None:
+            gqa = {"enable_gqa": True}
+        else:
+            key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_p,
-                                         is_causal=causal, scale=scale)
+                                         is_causal=causal, scale=scale, **gqa)
     return out, None
 
 
@@ -130,6 +152,9 @@ def eager_attention(
     """The written-out attention; see :func:`attention` for the arguments."""
     if scale is None:
         scale = query.shape[-1] ** -0.5
+    if key.dim() == 4 and key.shape[1] != query.shape[1]:
+        groups = query.shape[1] // key.shape[1]
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     if upcast:
         query, key = query.float(), key.float()
     scores = torch.matmul(query, key.transpose(-1, -2)) * scale          # (B, H, Sq, Sk)
@@ -143,6 +168,16 @@ def eager_attention(
     if head_mask is not None:
         weights = weights * head_mask
     return torch.matmul(weights, value), weights                         # (B, H, Sq, D)
+
+
+def repeat_kv(hidden_states: Tensor, groups: int) -> Tensor:
+    """(B, Hkv, S, D) -> (B, Hkv * groups, S, D), each head repeated ``groups`` times in place
+    (``repeat_interleave`` on dim 1)."""
+    if groups == 1:
+        return hidden_states
+    batch, kv_heads, seq, dim = hidden_states.shape
+    expanded = hidden_states[:, :, None, :, :].expand(batch, kv_heads, groups, seq, dim)
+    return expanded.reshape(batch, kv_heads * groups, seq, dim)
 
 
 # --------------------------------------------------------------------------- masks
@@ -299,24 +334,32 @@ class PackedSequences:
 
     def attention(self, query: Tensor, key: Tensor, value: Tensor, *, dropout_p: float = 0.0,
                   scale: Optional[float] = None) -> Tensor:
-        """Per-sequence SDPA over packed (H, T, D) tensors -> (H, T, Dv)."""
-        heads = query.shape[0]
-        out = value.new_empty(heads, query.shape[1], value.shape[-1])
+        """Per-sequence SDPA over packed (H, T, D) tensors -> (H, T, Dv).
+
+        Works token-major, (T, H, D) — the layout the projections produce, of
+        which the (H, T, D) inputs are transposed views — so a sequence is a
+        contiguous slice, a group one row gather, and the result (a transposed
+        view of a (T, H, Dv) tensor) reshapes to (T, H * Dv) without a copy.
+        """
+        q, k, v = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)  # (T, H, D)
+        out = value.new_empty(q.shape[0], q.shape[1], value.shape[-1])                # (T, H, Dv)
         for g in self.groups:
             if g.gather is None:
                 s, e = g.start, g.end
-                out[:, s:e] = F.scaled_dot_product_attention(
-                    query[:, s:e], key[:, s:e], value[:, s:e], dropout_p=dropout_p, scale=scale)
+                o = F.scaled_dot_product_attention(
+                    q[s:e].unsqueeze(0).transpose(1, 2), k[s:e].unsqueeze(0).transpose(1, 2),
+                    v[s:e].unsqueeze(0).transpose(1, 2), dropout_p=dropout_p, scale=scale)  # (1, H, L, Dv)
+                out[s:e] = o[0].transpose(0, 1)
                 continue
 
-            def rows(t: Tensor) -> Tensor:                                   # (H, T, D) -> (g, H, P, D)
-                return t.index_select(1, g.gather).view(heads, g.rows, -1, t.shape[-1]).transpose(0, 1)
+            def rows(t: Tensor) -> Tensor:                                   # (T, H, D) -> (g, H, P, D)
+                return t.index_select(0, g.gather).view(g.rows, -1, *t.shape[1:]).transpose(1, 2)
 
-            o = F.scaled_dot_product_attention(rows(query), rows(key), rows(value), attn_mask=g.keep,
+            o = F.scaled_dot_product_attention(rows(q), rows(k), rows(v), attn_mask=g.keep,
                                                dropout_p=dropout_p, scale=scale)  # (g, H, P, Dv)
-            o = o.transpose(0, 1).reshape(heads, -1, o.shape[-1])[:, g.valid]  # (H, n, Dv)
-            out = out.index_copy(1, g.dest, o)
-        return out
+            o = o.transpose(1, 2).reshape(-1, o.shape[1], o.shape[-1])         # (g*P, H, Dv)
+            out.index_copy_(0, g.dest, o[g.valid])
+        return out.transpose(0, 1)                                            # (H, T, Dv)
 
 
 # --------------------------------------------------------------------------- head pruning

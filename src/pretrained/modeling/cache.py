@@ -80,6 +80,8 @@ class DynamicCache(Cache):
     @classmethod
     def from_legacy_cache(cls, past: Optional[Sequence[Sequence[Tensor]]]) -> "DynamicCache":
         cache = cls()
+        if past is not None and any(layer is None for layer in past):  # (None,) * n_layers: nothing cached yet
+            return cache
         for layer_idx, (key, value, *_) in enumerate(past or ()):
             cache.update(key, value, layer_idx)
         return cache
@@ -90,8 +92,19 @@ class EncoderDecoderCache(Cache):
 
     def __init__(self, self_attention_cache: Optional[DynamicCache] = None,
                  cross_attention_cache: Optional[DynamicCache] = None) -> None:
-        self.self_attention_cache = self_attention_cache or DynamicCache()
-        self.cross_attention_cache = cross_attention_cache or DynamicCache()
+        self.self_attention_cache = self_attention_cache if self_attention_cache is not None else DynamicCache()
+        self.cross_attention_cache = cross_attention_cache if cross_attention_cache is not None else DynamicCache()
+
+    def __len__(self) -> int:
+        return len(self.self_attention_cache)
+
+    def __getitem__(self, layer_idx: int) -> Tuple[Tensor, ...]:
+        """Layer ``layer_idx`` as the legacy ``(self_k, self_v[, cross_k, cross_v])``."""
+        cross = self.cross_attention_cache[layer_idx] if layer_idx < len(self.cross_attention_cache) else ()
+        return (*self.self_attention_cache[layer_idx], *cross)
+
+    def __iter__(self) -> Iterator[Tuple[Tensor, ...]]:
+        return (self[i] for i in range(len(self)))
 
     def update(self, key: Tensor, value: Tensor, layer_idx: int) -> Tuple[Tensor, Tensor]:
         return self.self_attention_cache.update(key, value, layer_idx)
@@ -121,7 +134,14 @@ class EncoderDecoderCache(Cache):
 
 
 def as_cache(past, *, encoder_decoder: bool = False) -> Optional[Cache]:
-    """A cache object from ``past_key_values`` given either way (``None`` stays ``None``)."""
+    """A cache object from ``past_key_values`` given either way (``None`` stays ``None``).
+
+    Any object with ``update`` and ``get_seq_length`` (another library's cache)
+    is used as it is; tuples of per-layer ``(key, value[, cross_key, cross_value])``
+    become a new cache.
+    """
     if past is None or isinstance(past, Cache):
+        return past
+    if hasattr(past, "update") and hasattr(past, "get_seq_length"):
         return past
     return EncoderDecoderCache.from_legacy_cache(past) if encoder_decoder else DynamicCache.from_legacy_cache(past)
