@@ -247,11 +247,12 @@ def offload_load(api: str, budget: str, dtype: str | None = None) -> str:
     )
 
 
-def offload_scenario(key: str, title: str, budget: str, dtype: str | None, atol: float, notes: str) -> Scenario:
+def offload_scenario(key: str, title: str, budget: str, dtype: str | None, atol: float, notes: str,
+                     checkpoint: str = GPT2_MEDIUM_FP32.key) -> Scenario:
     return Scenario(
         key=key,
         title=title,
-        checkpoint=GPT2_MEDIUM_FP32.key,
+        checkpoint=checkpoint,
         impls={
             "ours": Impl(steps=(
                 ("import_s", "import torch\nfrom pretrained import AutoModelForCausalLM\n"),
@@ -283,4 +284,37 @@ S4b = offload_scenario(
     "back per forward; Transformers 5.x converts at each read. bf16 logits: atol 2e-2",
 )
 
-SCENARIOS = {s.key: s for s in [S1, S4, S4b, S6, G1]}
+S4L = offload_scenario(
+    "S4L", 'Llama 1.1B bf16, device_map="auto", max_memory={"cpu": "1GiB"}: the rest on disk (load + first logits)',
+    "1GiB", "bfloat16", 2e-2,
+    "bf16 -> bf16: disk weights are read from the checkpoint's own shards in place",
+    checkpoint=LLAMA_1B_BF16.key,
+)
+
+
+def llama_load_scenario(key: str, title: str, dtype: str, atol: float) -> Scenario:
+    """The 1.1B Llama bf16 checkpoint loaded as ``dtype`` (load + first logits)."""
+    return Scenario(
+        key=key,
+        title=title,
+        checkpoint=LLAMA_1B_BF16.key,
+        impls={
+            "ours": Impl(steps=(
+                ("import_s", "import torch\nfrom pretrained import AutoModelForCausalLM\n"),
+                ("load_s", f"model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.{dtype})\n"),
+                FORWARD,
+            )),
+            "transformers": Impl(steps=(
+                ("import_s", "import torch\nimport transformers\n"),
+                ("load_s", f"model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.{dtype})\n"),
+                FORWARD,
+            )),
+        },
+        atol=atol,
+    )
+
+
+S2 = llama_load_scenario("S2", "Llama 1.1B bf16 (5 shards) -> bf16 (load + first logits)", "bfloat16", 2e-2)
+S3 = llama_load_scenario("S3", "Llama 1.1B bf16 (5 shards) -> float32 (load + first logits)", "float32", 1e-4)
+
+SCENARIOS = {s.key: s for s in [S1, S2, S3, S4, S4b, S4L, S6, G1]}
