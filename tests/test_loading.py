@@ -153,3 +153,14 @@ def test_dtype_conversion_and_zero_copy_when_dtype_matches():
 def test_keylist_compares_with_lists_and_sets():
     k = KeyList(["a", "b"])
     assert k == ["a", "b"] and k == {"a", "b"} and {"b", "a"} == k and k != {"a"}
+
+
+def test_converted_tensors_are_read_into_fresh_memory_not_mapped(hf_gpt2_dirs):
+    from pretrained import AutoModelForCausalLM
+
+    same = AutoModelForCausalLM.from_pretrained(hf_gpt2_dirs["single"])
+    converted = AutoModelForCausalLM.from_pretrained(hf_gpt2_dirs["single"], torch_dtype=torch.bfloat16)
+    ref = hf_gpt2_dirs["model"].state_dict()
+    for name, tensor in converted.state_dict().items():
+        assert torch.equal(tensor, ref[name].to(torch.bfloat16)), name
+    assert torch.equal(same.transformer.h[0].attn.c_attn.weight, ref["transformer.h.0.attn.c_attn.weight"])

@@ -368,7 +368,11 @@ def load_weights(
                 offload(names, key, source, target_dtype)
                 value = torch.empty(slot.tensor.shape, dtype=target_dtype, device="meta")
             else:
-                value = materialize(source.get(key), target_dtype, target_device)
+                same = src_dtype == target_dtype and torch.device(target_device).type == "cpu"
+                # A converted tensor is read into fresh memory: a mapped source would keep
+                # its file pages in RSS beside the converted copy.
+                fetch = source.get if same or not hasattr(source, "read") else source.read
+                value = materialize(fetch(key), target_dtype, target_device)
             _assign(slot, names, value)
             report.loaded_keys.extend(names)
 

@@ -302,6 +302,29 @@ class Checkpoint:
             raise CheckpointError(f"tensor {name!r} is missing from {file}")
         return tensors[name]
 
+    def read(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` in fresh memory, read with ``preadv`` (no mapping kept).
+
+        For tensors about to be converted or moved to another device: a mapped
+        source would keep its file pages resident (in RSS) until the mapping goes.
+        ``.bin`` checkpoints fall back to :meth:`get`.
+        """
+        file = self.file_of(name)
+        fd = self._fds.get(file)
+        if self.format != "safetensors" or fd is None:
+            return self.get(name)
+        info = self._headers[file].tensors[name]
+        tensor = torch.empty(info.shape, dtype=info.dtype)
+        if info.end > info.start:
+            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+            done, length = 0, info.end - info.start
+            while done < length:
+                count = os.preadv(fd, [view[done:]], info.start + done)
+                if not count:
+                    raise CheckpointError(f"{file} ended before tensor {name!r} (byte {info.start + done})")
+                done += count
+        return tensor
+
     def release(self, file: str) -> None:
         """Drop the mapping or loaded shard of ``file``; tensors already returned stay valid."""
         reader = self._readers.pop(file, None)
