@@ -128,8 +128,44 @@ def _as_id_list(value: Union[int, Sequence[int], Tensor, None]) -> Optional[List
     return ids or None
 
 
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Next-token cross-entropy: position t predicts label t+1; labels of -100 are ignored.
+
+    Shapes:
+        logits ``(B, T, V)``, labels ``(B, T)`` -> a scalar (computed in float32).
+    """
+    labels = labels.to(logits.device)
+    shift_logits = logits[..., :-1, :].float()                       # (B, T-1, V)
+    shift_labels = labels[..., 1:]                                    # (B, T-1)
+    return torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                             shift_labels.reshape(-1), ignore_index=-100)
+
+
 class GenerationMixin:
     """Adds :meth:`generate` to a model that follows the hook contract of this module."""
+
+    _per_position_inputs: Tuple[str, ...] = ("position_ids",)
+    """Inputs of shape ``(B, P+T)`` that a decoder-only model's step sees only for new tokens."""
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: Tensor,                                               # (B, P+T): the whole sequence so far
+        past_key_values: Optional[Any] = None,
+        attention_mask: Optional[Tensor] = None,                         # (B, P+T)
+        use_cache: bool = True,
+        **kwargs: Any,
+    ) -> Dict[str, Any]:
+        """The forward inputs of one decoder-only generation step: the tokens the cache
+        does not hold yet, and the matching slices of ``_per_position_inputs``."""
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        inputs = {"input_ids": input_ids[:, past:], "past_key_values": past_key_values,
+                  "attention_mask": attention_mask, "use_cache": use_cache}
+        for name in self._per_position_inputs:
+            if kwargs.get(name) is not None:
+                inputs[name] = kwargs[name][:, past:]
+        if "logits_to_keep" in kwargs:
+            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
+        return inputs
 
     def _forward_accepts(self, name: str) -> bool:
         return name in inspect.signature(self.forward).parameters

@@ -28,7 +28,6 @@ import math
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..configuration import PretrainedConfig
@@ -37,7 +36,7 @@ from ..modeling.activations import ACT2FN
 from ..modeling.attention import attention, causal_mask, find_pruneable_heads_and_indices
 from ..modeling.base import PreTrainedModel
 from ..modeling.cache import DynamicCache, as_cache
-from ..modeling.generation import GenerationMixin
+from ..modeling.generation import GenerationMixin, causal_lm_loss
 from ..modeling.outputs import BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions
 
 logger = get_logger(__name__)
@@ -420,6 +419,8 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
 
     _tied_weights_keys = ["lm_head.weight"]
 
+    _per_position_inputs = ("position_ids", "token_type_ids")  # sliced per generation step
+
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
         self.transformer = GPT2Model(config)
@@ -464,13 +465,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         hidden_states = body.last_hidden_state
         logits = self.lm_head(hidden_states)  # (B, T, V)
 
-        loss = None
-        if labels is not None:
-            labels = labels.to(logits.device)
-            shift_logits = logits[..., :-1, :].float()                   # (B, T-1, V)
-            shift_labels = labels[..., 1:]                                # (B, T-1)
-            loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                                   ignore_index=-100)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
 
         out = CausalLMOutputWithCrossAttentions(
             loss=loss, logits=logits, past_key_values=body.past_key_values,
@@ -478,23 +473,3 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         )
         return out if return_dict else out.to_tuple()
 
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: Tensor,                                               # (B, P+T): the whole sequence so far
-        past_key_values: Optional[Any] = None,
-        attention_mask: Optional[Tensor] = None,                         # (B, P+T)
-        position_ids: Optional[Tensor] = None,                           # (B, P+T)
-        token_type_ids: Optional[Tensor] = None,                         # (B, P+T)
-        use_cache: bool = True,
-        **kwargs: Any,
-    ) -> Dict[str, Any]:
-        """The forward inputs of one generation step: the tokens the cache does not hold yet
-        (see :mod:`pretrained.modeling.generation`)."""
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        inputs = {"input_ids": input_ids[:, past:], "past_key_values": past_key_values,
-                  "attention_mask": attention_mask, "use_cache": use_cache}
-        if position_ids is not None:
-            inputs["position_ids"] = position_ids[:, past:]
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids[:, past:]
-        return inputs

@@ -32,7 +32,6 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..configuration import PretrainedConfig
@@ -41,7 +40,7 @@ from ..modeling.activations import ACT2FN
 from ..modeling.attention import attention, causal_mask
 from ..modeling.base import PreTrainedModel
 from ..modeling.cache import DynamicCache, as_cache
-from ..modeling.generation import GenerationMixin
+from ..modeling.generation import GenerationMixin, causal_lm_loss
 from ..modeling.norms import RMSNorm
 from ..modeling.outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from ..modeling.rope import RotaryEmbedding, apply_rotary, rope_parameters
@@ -438,13 +437,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])                 # (B, T|n, V)
 
-        loss = None
-        if labels is not None:
-            labels = labels.to(logits.device)
-            shift_logits = logits[..., :-1, :].float()                   # (B, T-1, V)
-            shift_labels = labels[..., 1:]                                # (B, T-1)
-            loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                                   ignore_index=-100)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
 
         out = CausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=body.past_key_values,
@@ -452,21 +445,3 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         )
         return out if return_dict else out.to_tuple()
 
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: Tensor,                                               # (B, P+T): the whole sequence so far
-        past_key_values: Optional[Any] = None,
-        attention_mask: Optional[Tensor] = None,                         # (B, P+T)
-        position_ids: Optional[Tensor] = None,                           # (B, P+T)
-        use_cache: bool = True,
-        **kwargs: Any,
-    ) -> Dict[str, Any]:
-        """The forward inputs of one generation step: the tokens the cache does not hold yet."""
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        inputs = {"input_ids": input_ids[:, past:], "past_key_values": past_key_values,
-                  "attention_mask": attention_mask, "use_cache": use_cache}
-        if position_ids is not None:
-            inputs["position_ids"] = position_ids[:, past:]
-        if "logits_to_keep" in kwargs:
-            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
-        return inputs
