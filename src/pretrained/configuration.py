@@ -215,7 +215,7 @@ class PretrainedConfig:
         its values is a :class:`CheckpointError` naming ``source``, never a stray
         ``TypeError``/``AttributeError`` from a config's ``__init__``."""
         try:
-            return cls.from_dict(config_dict, **kwargs)
+            result = cls.from_dict(config_dict, **kwargs)
         except CheckpointError as err:
             raise CheckpointError(f"config.json of {source}: {err}") from err
         except (TypeError, ValueError, AttributeError, KeyError, IndexError, ArithmeticError, RecursionError) as err:
@@ -223,6 +223,12 @@ class PretrainedConfig:
                 f"config.json of {source} holds values {cls.__name__} cannot use: {type(err).__name__}: "
                 f"{str(err)[:300]}"
             ) from err
+        # Remember what the file said and what was overridden, so from_pretrained can
+        # check the config against the folder its weights were opened from.
+        config, unused = result if isinstance(result, tuple) else (result, {})
+        config._source_dict = copy.deepcopy(config_dict)
+        config._source_overrides = {k: v for k, v in kwargs.items() if k not in unused and k != "return_unused_kwargs"}
+        return result
 
     @classmethod
     def from_json_file(cls, path: Union[str, os.PathLike]):

@@ -584,6 +584,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             )
             checkpoint = Checkpoint(resolved, verify=verify)
             source = checkpoint
+            config = _config_matching_weights(config, checkpoint)
 
         try:
             # 3. dtype and skeleton
@@ -749,6 +750,29 @@ def _is_fx_proxy(value: Any) -> bool:
     """True for a ``torch.fx`` proxy (symbolic tracing), without importing torch.fx."""
     fx = sys.modules.get("torch.fx")
     return fx is not None and isinstance(value, fx.Proxy)
+
+
+def _config_matching_weights(config: PretrainedConfig, checkpoint) -> PretrainedConfig:
+    """The config of the folder the weights were opened from.
+
+    ``config.json`` is read before the weights; a save that swapped the folder
+    in between would pair one version's config with another's weights. When the
+    held folder's ``config.json`` differs from the one read, it is rebuilt from
+    the held folder with the same overrides.
+    """
+    read = getattr(config, "_source_dict", None)
+    if read is None:
+        return config
+    current = checkpoint.read_config()
+    if current is None or current == read:
+        return config
+    logger.info("config.json of %s changed while loading; using the one beside the weights", config.name_or_path)
+    rebuilt = type(config)._from_file_dict(current, checkpoint.resolved.folder,
+                                           **getattr(config, "_source_overrides", {}))
+    rebuilt = rebuilt[0] if isinstance(rebuilt, tuple) else rebuilt
+    rebuilt.name_or_path = config.name_or_path
+    rebuilt._attn_implementation = config._attn_implementation
+    return rebuilt
 
 
 def _pick_dtype(torch_dtype, dtype):

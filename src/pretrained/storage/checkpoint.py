@@ -23,6 +23,7 @@ files are hashed through those same descriptors (:mod:`~pretrained.storage.integ
 
 from __future__ import annotations
 
+import json
 import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -166,6 +167,16 @@ class Checkpoint:
                     f"weights file {file} disappeared while the checkpoint was being opened")) from None
             except OSError as exc:
                 raise CheckpointError(f"cannot open weights file {file}: {exc}") from exc
+        # config.json too, from the same folder instance (a later read could find it deleted).
+        try:
+            self._config_bytes: Optional[bytes] = folder.read_bytes("config.json")
+        except FileNotFoundError:
+            self._config_bytes = None
+            if folder.replaced():
+                raise _FolderChanged(CheckpointNotFoundError(
+                    f"config.json of {resolved.folder} disappeared while the checkpoint was being opened")) from None
+        except OSError:
+            self._config_bytes = None
 
     def _where(self) -> str:
         return self.resolved.index_file or (self.files[0] if self.files else self.resolved.folder)
@@ -301,6 +312,16 @@ class Checkpoint:
         if name not in tensors:
             raise CheckpointError(f"tensor {name!r} is missing from {file}")
         return tensors[name]
+
+    def read_config(self) -> Optional[dict]:
+        """``config.json`` of the folder instance the weights were opened from (read when
+        they were opened, so a save replacing the folder since does not matter);
+        ``None`` when it is absent or not a JSON object."""
+        try:
+            data = json.loads(self._config_bytes) if getattr(self, "_config_bytes", None) else None
+        except (ValueError, RecursionError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def read(self, name: str) -> torch.Tensor:
         """The tensor ``name`` in fresh memory, read with ``preadv`` (no mapping kept).
