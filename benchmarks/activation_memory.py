@@ -21,7 +21,7 @@ Peak activation memory = ``ru_maxrss - RSS_before``: everything the step
 allocated beyond weights and gradients (saved activations, the backward's
 temporaries, the embedding's transient dense gradient).  Medians over
 ``--repeats`` fresh processes, modes alternated.  Results go to
-``benchmarks/results/activation_memory.json``.
+``benchmarks/results/activation_memory_<arch>.json``.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def main() -> None:
     print(f"ratio plain / checkpointing: {plain / ckpt:.2f}x less activation memory; "
           f"time {med(True, 'step_s') / med(False, 'step_s'):.2f}x; gradient norms equal: {grads_equal}")
 
-    out = HERE / "results" / "activation_memory.json"
+    out = HERE / "results" / f"activation_memory_{args.arch}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({
         "arch": args.arch, "batch": args.batch, "seq": args.seq, "repeats": args.repeats,
