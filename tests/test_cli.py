@@ -112,3 +112,12 @@ def test_convert_not_a_checkpoint_is_one_line(tmp_path):
     (tmp_path / "src" / "notes.txt").write_text("hello")
     assert_one_line_error(cli("convert", str(tmp_path / "src"), str(tmp_path / "dst")), "model.safetensors")
     assert_one_line_error(cli("convert", str(tmp_path / "missing"), str(tmp_path / "dst")), "does not exist")
+
+
+def test_run_with_max_memory_offloads_and_gives_the_same_table(minilm_dir, tmp_path):
+    plain = cli("run", str(minilm_dir))
+    offloaded = cli("run", str(minilm_dir), "--max-memory", "cpu=40MB", "--offload-folder", str(tmp_path / "off"))
+    assert offloaded.returncode == 0, offloaded.stderr
+    table = lambda out: [line for line in out.splitlines() if line.strip().startswith("[") and "." in line[6:]]
+    assert table(offloaded.stdout) == table(plain.stdout)
+    assert "disk" in offloaded.stdout  # the load report's device map

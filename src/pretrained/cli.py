@@ -124,6 +124,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         load_kwargs["torch_dtype"] = args.dtype
     if args.device_map:
         load_kwargs["device_map"] = args.device_map
+    if args.max_memory:
+        load_kwargs["max_memory"] = parse_max_memory_arg(args.max_memory)
+        load_kwargs.setdefault("device_map", "auto")
+    if args.offload_folder:
+        load_kwargs["offload_folder"] = args.offload_folder
     start = time.perf_counter()
     model = auto.from_pretrained(model_dir, config=config, **load_kwargs)
     load_seconds = time.perf_counter() - start
@@ -269,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prompt", help="prompt for causal / seq2seq models")
     run.add_argument("--dtype", help="float32, float16, bfloat16 or auto")
     run.add_argument("--device-map", help="cpu, cuda:0, auto, ...")
+    run.add_argument("--max-memory", help="budgets, e.g. cpu=1GiB (implies --device-map auto)")
+    run.add_argument("--offload-folder", help="folder for weights offloaded to disk")
     run.add_argument("--max-new-tokens", type=int, default=20)
     run.set_defaults(func=cmd_run)
 

@@ -30,6 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 from .errors import WeightsMismatchError
 from .logging import get_logger
+from .progress import progress
 
 logger = get_logger(__name__)
 
@@ -336,7 +337,7 @@ def load_weights(
     used: Set[str] = set()
     mismatches: List[str] = []
 
-    for slot in model_slots(model):
+    for slot in progress(model_slots(model), desc="Loading weights", unit="tensor", min_total=64):
         found = [(n, checkpoint_name_for(n, checkpoint_keys, prefix, model_has_prefix)) for n in slot.names]
         found = [(n, key) for n, key in found if key is not None]
         if not found:

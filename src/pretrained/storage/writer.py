@@ -54,6 +54,7 @@ import torch
 
 from ..errors import SaveError
 from ..logging import get_logger
+from ..progress import progress
 from . import integrity, names
 from .pickle import save_pickle
 from .safetensors import _layout as safetensors_layout
@@ -383,7 +384,7 @@ def _write_weights(temp: str, plan: ShardPlan, tensors: dict[str, torch.Tensor],
     embed_checksum = checksums and fmt == "safetensors" and not plan.is_sharded
     if embed_checksum:  # a single file carries its own digest (see storage/integrity.py)
         file_metadata = {**file_metadata, integrity.CHECKSUM_KEY: integrity.PLACEHOLDER}
-    for file, shard_names in zip(plan.files, plan.shards):
+    for file, shard_names in progress(list(zip(plan.files, plan.shards)), desc="Writing shards", unit="file"):
         path = os.path.join(temp, file)
         shard = {name: tensors[name] for name in shard_names}
         lazy = any(isinstance(t, LazyTensor) for t in shard.values())
