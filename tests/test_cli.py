@@ -121,3 +121,26 @@ def test_run_with_max_memory_offloads_and_gives_the_same_table(minilm_dir, tmp_p
     table = lambda out: [line for line in out.splitlines() if line.strip().startswith("[") and "." in line[6:]]
     assert table(offloaded.stdout) == table(plain.stdout)
     assert "disk" in offloaded.stdout  # the load report's device map
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "t5"])
+def test_run_generates_for_causal_and_seq2seq_models(minilm_dir, tmp_path, arch):
+    """A tiny random model with the all-MiniLM tokenizer.json (vocab 30522): run generates text."""
+    import shutil
+
+    import torch
+
+    from pretrained import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=30522, n_positions=64))
+    else:
+        model = T5ForConditionalGeneration(T5Config(d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                                    vocab_size=30522, decoder_start_token_id=0))
+    model.save_pretrained(tmp_path / arch)
+    shutil.copy(minilm_dir / "tokenizer.json", tmp_path / arch / "tokenizer.json")
+    result = cli("run", str(tmp_path / arch), "--prompt", "hello world", "--max-new-tokens", "5")
+    assert result.returncode == 0, result.stderr
+    assert "Load report" in result.stdout and type(model).__name__ in result.stdout
+    assert result.stdout.splitlines()[0].strip()  # the generated text comes first

@@ -102,6 +102,7 @@ def _run_encoder(model, tokenizer, texts: Sequence[str]) -> None:
 def _run_generate(model, tokenizer, prompt: str, max_new_tokens: int) -> None:
     import torch
 
+    tokenizer.no_padding()  # a tokenizer.json may pad to a fixed length
     ids = torch.tensor([tokenizer.encode(prompt).ids])
     if not hasattr(model, "generate"):
         raise CLIError(f"{type(model).__name__} cannot generate text")
@@ -313,13 +314,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CLIError as err:
         print(f"pretrained: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `pretrained inspect ... | head`
+        return 0
     except (OSError, ValueError, RuntimeError, ImportError) as err:
         print(f"pretrained: error: {err}".splitlines()[0], file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # e.g. `pretrained inspect ... | head`
-        return 0
+    except Exception as err:  # anything unforeseen: still one line, never a traceback
+        print(f"pretrained: error: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
