@@ -168,3 +168,40 @@ def test_corrupt_shard_header(tmp_path):
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(CheckpointError, match="s1.safetensors"):
         Checkpoint(resolve_checkpoint(tmp_path))
+
+
+def rss_file_kib() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+@pytest.mark.parametrize("safe", [True, False])
+@pytest.mark.parametrize("chunk_bytes", [1, 4096, 10_000, 1 << 30])
+def test_chunks_cover_each_tensor_in_order(tmp_path, safe, chunk_bytes):
+    sd = {"odd": torch.arange(3, dtype=torch.int8), "big": torch.randn(3000, 7, dtype=torch.float64),
+          "half": torch.randn(5001).to(torch.bfloat16), "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}
+    save_checkpoint(tmp_path, sd, max_shard_size=30_000, safe_serialization=safe)
+    with Checkpoint(resolve_checkpoint(tmp_path)) as ckpt:
+        for name, tensor in sd.items():
+            pieces = list(piece.clone() for piece in ckpt.chunks(name, chunk_bytes=chunk_bytes))
+            assert all(p.dim() == 1 and p.dtype == tensor.dtype for p in pieces)
+            assert torch.equal(torch.cat(pieces), tensor.reshape(-1)), name
+            if safe and chunk_bytes == 4096 and tensor.nbytes > 3 * 4096:
+                assert len(pieces) >= tensor.nbytes // 4096  # really in pieces
+                assert max(p.nbytes for p in pieces) <= 4096
+
+
+def test_chunks_drop_the_pages_they_are_done_with(tmp_path):
+    """Converting a 64 MiB tensor through chunks() keeps at most about one piece of it mapped."""
+    save_checkpoint(tmp_path, {"w": torch.ones(16 << 20)}, max_shard_size="1GB")
+    with Checkpoint(resolve_checkpoint(tmp_path)) as ckpt:
+        out, done, peak, before = torch.empty(16 << 20, dtype=torch.float64), 0, 0, rss_file_kib()
+        for piece in ckpt.chunks("w", chunk_bytes=4 << 20):
+            out[done:done + piece.numel()].copy_(piece)
+            done += piece.numel()
+            peak = max(peak, rss_file_kib() - before)
+        assert done == out.numel() and bool((out == 1).all())
+        assert peak < 12 << 10, f"{peak} KiB of the file were resident at once"  # one 4 MiB piece + slack
+        assert rss_file_kib() - before < 4 << 10  # and nothing is left mapped afterwards

@@ -296,10 +296,21 @@ def _target_dtype(model_tensor: torch.Tensor, source_dtype: torch.dtype) -> torc
 
 
 def materialize(tensor: torch.Tensor, dtype: torch.dtype, device: Union[str, torch.device] = "cpu") -> torch.Tensor:
-    """``tensor`` in ``dtype`` on ``device``; the tensor itself when nothing changes."""
-    if tensor.dtype == dtype and tensor.device == torch.device(device):
+    """``tensor`` in ``dtype`` on ``device``; the tensor itself when nothing changes.
+
+    Moving to another device, the conversion runs on whichever side moves
+    fewer bytes: a widening cast (bf16 -> fp32) after the copy, on the device;
+    a narrowing one before it. (``Tensor.to(device, dtype)`` would convert on
+    the CPU and copy the wide tensor.)
+    """
+    device = torch.device(device)
+    if tensor.dtype == dtype and tensor.device == device:
         return tensor
-    return tensor.to(device=device, dtype=dtype)
+    if tensor.device == device or tensor.dtype == dtype:
+        return tensor.to(device=device, dtype=dtype)
+    if dtype.itemsize > tensor.dtype.itemsize:
+        return tensor.to(device).to(dtype)
+    return tensor.to(dtype).to(device)
 
 
 def load_weights(
@@ -369,11 +380,7 @@ def load_weights(
                 offload(names, key, source, target_dtype)
                 value = torch.empty(slot.tensor.shape, dtype=target_dtype, device="meta")
             else:
-                same = src_dtype == target_dtype and torch.device(target_device).type == "cpu"
-                # A converted tensor is read into fresh memory: a mapped source would keep
-                # its file pages in RSS beside the converted copy.
-                fetch = source.get if same or not hasattr(source, "read") else source.read
-                value = materialize(fetch(key), target_dtype, target_device)
+                value = _fetch(source, key, target_dtype, target_device)
             _assign(slot, names, value)
             report.loaded_keys.extend(names)
 
@@ -391,6 +398,30 @@ def load_weights(
         k for k in source.keys() if k not in used and not _matches_any(k, ignore_unexpected)
     )
     return report
+
+
+def _fetch(source: TensorSource, key: str, dtype: torch.dtype, device: Union[str, torch.device]) -> torch.Tensor:
+    """``key`` as ``dtype`` on ``device``.
+
+    The same dtype on the CPU is the checkpoint's own (mapped) tensor. Anything
+    converted or moved is written into its destination piece by piece from
+    :meth:`~pretrained.storage.checkpoint.Checkpoint.chunks`, so the file's pages
+    never pile up in RSS beside the copies and no whole staging copy is made.
+    Towards a device, a widening cast runs there after the copy and a narrowing
+    one before it, so the fewest bytes cross.
+    """
+    src_dtype, shape = source.dtype_shape(key)
+    device = torch.device(device)
+    if (dtype == src_dtype and device.type == "cpu") or not hasattr(source, "chunks"):
+        return materialize(source.get(key), dtype, device)
+    out = torch.empty(shape, dtype=dtype, device=device)
+    flat, done = out.view(-1), 0
+    for piece in source.chunks(key):
+        if device.type != "cpu" and piece.dtype != dtype:
+            piece = piece.to(device) if dtype.itemsize > piece.dtype.itemsize else piece.to(dtype)
+        flat[done:done + piece.numel()].copy_(piece)
+        done += piece.numel()
+    return out
 
 
 def _split_differing(found: List[Tuple[str, str]], source: TensorSource) -> List[List[Tuple[str, str]]]:

@@ -24,10 +24,11 @@ files are hashed through those same descriptors (:mod:`~pretrained.storage.integ
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -38,6 +39,9 @@ from .folder import FolderHandle
 from .pickle import load_pickle
 from .resolve import ResolvedCheckpoint, parse_index, resolve_checkpoint
 from .safetensors import SafetensorsHeader, SafetensorsReader, read_header
+
+CHUNK_BYTES = 16 << 20  # what :meth:`Checkpoint.chunks` maps of a tensor at a time
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)  # absent on Windows: pieces then stay mapped to the end
 
 logger = get_logger(__name__)
 
@@ -345,6 +349,48 @@ class Checkpoint:
                     raise CheckpointError(f"{file} ended before tensor {name!r} (byte {info.start + done})")
                 done += count
         return tensor
+
+    def chunks(self, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[torch.Tensor]:
+        """The tensor ``name`` as consecutive flat pieces of about ``chunk_bytes``.
+
+        For tensors converted or moved as they load: each piece is a view of a
+        mapping of the tensor's bytes, so the conversion reads the page cache
+        with no staging copy; a piece's pages leave this process's RSS when the
+        next piece is asked for, and the mapping goes when the iteration ends.
+        So converting a tensor never holds more than one piece of its source.
+        A piece must not be kept past the next step. ``.bin`` checkpoints (and
+        misaligned tensors) give the whole tensor as one piece.
+        """
+        file = self.file_of(name)
+        fd = self._fds.get(file)
+        info = self._headers[file].tensors[name] if self.format == "safetensors" else None
+        if info is None or fd is None or info.numel == 0 or info.start % info.dtype.itemsize:
+            yield (self.get(name) if info is None else self.read(name)).reshape(-1)
+            return
+        base = info.start - info.start % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapping = mmap.mmap(fd, info.end - base, offset=base, access=mmap.ACCESS_COPY)
+        except OSError:  # no address space or commit charge for it: read it instead
+            yield self.read(name).reshape(-1)
+            return
+        step = max(mmap.PAGESIZE, chunk_bytes - chunk_bytes % mmap.PAGESIZE)
+        begin, end = info.start - base, info.end - base  # the tensor's bytes within the mapping
+        try:
+            while begin < end:
+                stop = min(end, (begin // step + 1) * step)  # piece boundaries fall on pages
+                piece = torch.frombuffer(mapping, dtype=info.dtype, count=(stop - begin) // info.dtype.itemsize,
+                                         offset=begin)
+                yield piece
+                del piece
+                if stop < end and _DONTNEED is not None:
+                    low = begin - begin % mmap.PAGESIZE
+                    mapping.madvise(_DONTNEED, low, stop - low)
+                begin = stop
+        finally:
+            try:
+                mapping.close()
+            except BufferError:  # a piece was kept: the mapping goes with the last of them
+                pass
 
     def release(self, file: str) -> None:
         """Drop the mapping or loaded shard of ``file``; tensors already returned stay valid."""
