@@ -70,7 +70,8 @@ def test_plain_batch(pair, input_ids):
     with torch.no_grad():
         a, b = ours(input_ids), theirs(input_ids)
     assert_close(a.logits, b.logits, atol=ATOL)
-    theirs_cache = [(layer.keys, layer.values) for layer in b.cache.layers]
+    cache = b.get("cache") or b.past_key_values  # renamed in later Transformers 5.x
+    theirs_cache = [(layer.keys, layer.values) for layer in cache.layers]
     assert len(a.past_key_values) == len(theirs_cache)
     for (ka, va), (kb, vb) in zip(a.past_key_values, theirs_cache):
         assert_close(ka, kb, atol=ATOL)

@@ -111,3 +111,26 @@ def test_balanced_low_0_leaves_gpu0_free(hf_gpt2_dirs, gpt2_on_gpu, input_ids):
     model = GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["single"], device_map="balanced_low_0")
     assert 0 not in set(model.hf_device_map.values())
     assert_close(logits(model, input_ids), gpt2_on_gpu[1], atol=ATOL)
+
+
+@pytest.mark.parametrize("stored, wanted", [(torch.float32, torch.float16), (torch.bfloat16, torch.float32),
+                                            (torch.float16, torch.bfloat16)])
+def test_dtype_conversion_on_the_way_to_the_gpu_is_exact(hf_gpt2_dirs, tmp_path, stored, wanted):
+    """Narrowing casts run on the CPU before the copy, widening ones on the GPU after it:
+    either way every tensor equals the CPU-side cast, bit for bit."""
+    folder = tmp_path / "ckpt"
+    GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["single"], torch_dtype=stored).save_pretrained(folder)
+    on_cpu = GPT2LMHeadModel.from_pretrained(folder, torch_dtype=wanted)
+    on_gpu = GPT2LMHeadModel.from_pretrained(folder, torch_dtype=wanted, device_map="cuda")
+    expected = on_cpu.state_dict()
+    for name, tensor in on_gpu.state_dict().items():
+        assert tensor.device.type == "cuda" and tensor.dtype == expected[name].dtype, name
+        assert torch.equal(tensor.cpu(), expected[name]), name
+
+
+def test_straight_to_gpu_matches_transformers_on_the_gpu(hf_gpt2_dirs, input_ids):
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["single"], device_map="cuda")
+    ours = GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["single"], device_map="cuda")
+    ids = input_ids.to("cuda:0")
+    assert_close(logits(ours, ids), logits(theirs, ids), atol=ATOL)
