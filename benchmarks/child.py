@@ -13,6 +13,7 @@ predefined) and timed with ``time.perf_counter``. A step that defines
     <metric>      seconds spent in each step (e.g. import_s, load_s, forward_s)
     wall_s        spawn -> end of the last step (for load scenarios: first logits)
     peak_rss_bytes  ru_maxrss of this process, in bytes
+    peak_gpu_bytes  torch.cuda.max_memory_allocated(), where CUDA was initialised
     torch_threads   torch.get_num_threads(), if torch was imported
     logits        {"shape", "dtype", "sample": logits[0, -1, :8], "mean", "abs_mean", "sha256"}
 
@@ -57,7 +58,10 @@ def main() -> None:
 
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if "torch" in sys.modules:
-        result["torch_threads"] = sys.modules["torch"].get_num_threads()
+        torch = sys.modules["torch"]
+        result["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
     if namespace.get("logits") is not None:
         result["logits"] = summarize_logits(namespace["logits"])
     print(MARKER + json.dumps(result), flush=True)

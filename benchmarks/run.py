@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from scenarios import CHECKPOINTS, SCENARIOS, Checkpoint, Scenario
+from scenarios import CHECKPOINTS, DEFAULT_SCENARIOS, SCENARIOS, Checkpoint, Scenario
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -199,6 +199,9 @@ def check_logits(record: dict, atol: float) -> dict:
 # --- output -----------------------------------------------------------------
 
 
+BYTES = (1 / 2**20, 0)  # fmt_stat's scale and digits for a byte count: MiB
+
+
 def fmt_stat(stat: dict | None, scale: float = 1.0, digits: int = 3) -> str:
     if not stat:
         return "-"
@@ -209,15 +212,15 @@ def fmt_stat(stat: dict | None, scale: float = 1.0, digits: int = 3) -> str:
 def print_table(scenario: Scenario, summary: dict, repeats: int) -> None:
     """Medians (min-max) per implementation, then the ratios and the logits check."""
     metrics = list(scenario.metrics)
-    headers = ["impl", *metrics, "peak RSS MiB"]
+    headers = ["impl", *(m.replace("_bytes", " MiB") for m in metrics), "peak RSS MiB"]
     rows = []
     for name, info in summary["impls"].items():
         if "failed" in info:
             rows.append([name, f"FAILED: {info['failed']}"])
             continue
         stats = info["stats"]
-        rows.append([name, *(fmt_stat(stats.get(m)) for m in metrics),
-                     fmt_stat(stats.get("peak_rss_bytes"), 1 / 2**20, 0)])
+        rows.append([name, *(fmt_stat(stats.get(m), *BYTES if m.endswith("_bytes") else ()) for m in metrics),
+                     fmt_stat(stats.get("peak_rss_bytes"), *BYTES)])
     for label, values in summary["ratios"].items():
         rows.append([label, *(f"{values[m]:.2f}x" if m in values else "-" for m in metrics),
                      f"{values['peak_rss_bytes']:.2f}x" if "peak_rss_bytes" in values else "-"])
@@ -296,8 +299,9 @@ def write_results(scenario: Scenario, repeats: int, record: dict, summary: dict)
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated keys (default: all = {','.join(SCENARIOS)})")
+    parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                        help=f"comma-separated keys (default: {','.join(DEFAULT_SCENARIOS)}; "
+                        f"all: {','.join(SCENARIOS)})")
     parser.add_argument("--repeats", type=int, default=5, help="measured runs per implementation (default 5)")
     parser.add_argument("--keep", action="store_true",
                         help="keep benchmarks/.cache/ (built checkpoints) for the next run; by default it is removed")

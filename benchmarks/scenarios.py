@@ -18,8 +18,13 @@ S2/S3 are to share.
 ``S4``/``S4b`` time disk offload (``device_map="auto"``, a CPU budget,
 ``offload_folder=scratch``) on GPT-2-medium, in fp32 and converted to bf16.
 
-Planned (not here yet): S2/S3 Llama 1.1B bf16 in 5 shards -> bf16 / -> fp32;
-S5 ``save_pretrained(scratch, max_shard_size="500MB")``.
+``S2``/``S3`` load the Llama 1.1B bf16 checkpoint (5 shards) as bf16 / fp32;
+``S5`` times ``save_pretrained(max_shard_size="500MB")`` against safetensors
+writing the same shards directly.
+
+``C1``-``C3`` need a CUDA device (they are not in the default set): loads
+straight to the GPU, and a GPU + CPU + disk map. They report the peak GPU
+memory that ``torch.cuda.max_memory_allocated`` saw.
 """
 
 from __future__ import annotations
@@ -317,4 +322,101 @@ def llama_load_scenario(key: str, title: str, dtype: str, atol: float) -> Scenar
 S2 = llama_load_scenario("S2", "Llama 1.1B bf16 (5 shards) -> bf16 (load + first logits)", "bfloat16", 2e-2)
 S3 = llama_load_scenario("S3", "Llama 1.1B bf16 (5 shards) -> float32 (load + first logits)", "float32", 1e-4)
 
-SCENARIOS = {s.key: s for s in [S1, S2, S3, S4, S4b, S4L, S6, G1]}
+
+# --- saving -----------------------------------------------------------------
+
+SAVE_SHARD = "500MB"
+SAVE_CHECK = _code(
+    """
+    import glob, json, os
+    files = sorted(glob.glob(scratch + "/out/*.safetensors"))
+    assert len(files) >= 3, files
+    saved_bytes = sum(os.path.getsize(f) for f in files)
+    """
+)
+# The same tensors, the same shards, written with safetensors directly (no index, no atomicity):
+# the tied output embedding is left out, as every implementation stores it once.
+SAFETENSORS_DIRECT = _code(
+    f"""
+    import safetensors.torch
+    from pretrained.storage.shards import plan_shards
+    state_dict = {{k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}}
+    os.makedirs(scratch + "/out")
+    plan = plan_shards([(k, v.numel() * v.element_size()) for k, v in state_dict.items()], "{SAVE_SHARD}")
+    for file, names in zip(plan.files, plan.shards):
+        safetensors.torch.save_file({{k: state_dict[k] for k in names}}, scratch + "/out/" + file,
+                                    metadata={{"format": "pt"}})
+    """
+)
+
+S5 = Scenario(
+    key="S5",
+    title=f'GPT-2-medium fp32 save_pretrained(max_shard_size="{SAVE_SHARD}")',
+    checkpoint=GPT2_MEDIUM_FP32.key,
+    impls={
+        "ours": Impl(steps=(
+            ("import_s", "import os\nimport torch\nfrom pretrained import AutoModelForCausalLM\n"),
+            ("load_s", "model = AutoModelForCausalLM.from_pretrained(path)\n"),
+            ("save_s", f'model.save_pretrained(scratch + "/out", max_shard_size="{SAVE_SHARD}")\n'),
+            ("check_s", SAVE_CHECK),
+        )),
+        "transformers": Impl(steps=(
+            ("import_s", "import os\nimport torch\nimport transformers\n"),
+            ("load_s", "model = transformers.AutoModelForCausalLM.from_pretrained(path)\n"),
+            ("save_s", f'model.save_pretrained(scratch + "/out", max_shard_size="{SAVE_SHARD}")\n'),
+            ("check_s", SAVE_CHECK),
+        )),
+        "floor": Impl(steps=(
+            ("import_s", "import os\nimport torch\nfrom pretrained import AutoModelForCausalLM\n"),
+            ("load_s", "model = AutoModelForCausalLM.from_pretrained(path)\n"),
+            ("save_s", SAFETENSORS_DIRECT),
+            ("check_s", SAVE_CHECK),
+        )),
+    },
+    metrics=("save_s", "load_s", "wall_s"),
+    notes="floor = the same tensors in the same shards written by safetensors.torch.save_file (no index, "
+    "no fsync, not atomic); ours writes into a sibling folder, fsyncs, and swaps it in",
+)
+
+
+# --- CUDA (run on a machine with a GPU) -------------------------------------
+
+GPU_FORWARD = (
+    "forward_s",
+    _code(
+        f"""
+        with torch.inference_mode():
+            logits = model(torch.tensor([{TOKENS}], device="cuda:0")).logits.float().cpu()
+        torch.cuda.synchronize()
+        """
+    ),
+)
+
+
+def gpu_scenario(key: str, title: str, dtype: str, placement: str, atol: float, notes: str = "") -> Scenario:
+    """The 1.1B Llama bf16 checkpoint loaded straight to the GPU (``placement`` = from_pretrained kwargs)."""
+    impls = {}
+    for name, api, dtype_kw in (("ours", "AutoModelForCausalLM", "torch_dtype"),
+                                ("transformers", "transformers.AutoModelForCausalLM", "dtype")):
+        imports = ("import torch\nfrom pretrained import AutoModelForCausalLM\n" if name == "ours"
+                   else "import torch\nimport transformers\n")
+        impls[name] = Impl(steps=(
+            ("import_s", imports + "torch.cuda.init()\n"),
+            ("load_s", f"model = {api}.from_pretrained(path, {dtype_kw}=torch.{dtype}, {placement})\n"
+                       "torch.cuda.synchronize()\n"),
+            GPU_FORWARD,
+        ))
+    return Scenario(key=key, title=title, checkpoint=LLAMA_1B_BF16.key, impls=impls, atol=atol, notes=notes,
+                    metrics=("wall_s", "import_s", "load_s", "forward_s", "peak_gpu_bytes"))
+
+
+C1 = gpu_scenario("C1", 'Llama 1.1B bf16 -> bf16 straight to the GPU (device_map="cuda")', "bfloat16",
+                  'device_map="cuda"', 2e-2)
+C2 = gpu_scenario("C2", 'Llama 1.1B bf16 -> float32 straight to the GPU (device_map="cuda")', "float32",
+                  'device_map="cuda"', 1e-3, "fp32 logits computed on the GPU (TF32 off by default): atol 1e-3")
+C3 = gpu_scenario("C3", 'Llama 1.1B bf16, device_map="auto", max_memory={0: "1GiB", "cpu": "1GiB"}: GPU + CPU + disk',
+                  "bfloat16", 'device_map="auto", max_memory={0: "1GiB", "cpu": "1GiB"}, offload_folder=scratch',
+                  2e-2)
+
+SCENARIOS = {s.key: s for s in [S1, S2, S3, S4, S4b, S4L, S5, S6, G1, C1, C2, C3]}
+DEFAULT_SCENARIOS = [key for key in SCENARIOS if not key.startswith("C")]  # C*: CUDA only
