@@ -372,10 +372,17 @@ S5 = Scenario(
             ("save_s", SAFETENSORS_DIRECT),
             ("check_s", SAVE_CHECK),
         )),
+        "ours_durable": Impl(steps=(
+            ("import_s", "import os\nimport torch\nfrom pretrained import AutoModelForCausalLM\n"),
+            ("load_s", "model = AutoModelForCausalLM.from_pretrained(path)\n"),
+            ("save_s", f'model.save_pretrained(scratch + "/out", max_shard_size="{SAVE_SHARD}", durable=True)\n'),
+            ("check_s", SAVE_CHECK),
+        )),
     },
     metrics=("save_s", "load_s", "wall_s"),
     notes="floor = the same tensors in the same shards written by safetensors.torch.save_file (no index, "
-    "no fsync, not atomic); ours writes into a sibling folder, fsyncs, and swaps it in",
+    "not atomic); ours writes into a sibling folder and swaps it in (atomic); ours_durable also fsyncs "
+    "every file and folder first (durable=True); nobody else fsyncs",
 )
 
 

@@ -460,3 +460,44 @@ def test_transformers_loads_ours_and_we_load_theirs(tmp_path, tiny_gpt2):
     theirs = load_all(ref)
     for name, tensor in sd.items():
         torch.testing.assert_close(theirs[name], tensor)
+
+
+def fsync_spy(monkeypatch):
+    """Record the path of every fsync'ed descriptor; fail those whose path is in ``spy.fail``."""
+    synced, real_fsync = [], os.fsync
+
+    def spy(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if any(path.endswith(name) for name in spy.fail):
+            raise OSError(errno.EIO, "Input/output error", path)
+        synced.append(path)
+        real_fsync(fd)
+
+    spy.fail, spy.synced = (), synced
+    monkeypatch.setattr(os, "fsync", spy)
+    return spy
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_durable_save_fsyncs_every_file_and_folder_and_a_plain_one_none(tmp_path, monkeypatch):
+    spy = fsync_spy(monkeypatch)
+    save_checkpoint(tmp_path / "plain", state(), max_shard_size=150, extra_files={"config.json": "{}"})
+    assert spy.synced == []
+    written = save_checkpoint(tmp_path / "durable", state(), max_shard_size=150, extra_files={"config.json": "{}"},
+                              durable=True)
+    synced_names = {os.path.basename(p.split(".pretrained-tmp-")[-1]) if "/." in p else os.path.basename(p)
+                    for p in spy.synced}
+    assert len(written) > 4 and set(written) <= synced_names  # shards, index, config.json
+    assert str(tmp_path) in spy.synced  # the parent folder, after the new one was renamed in
+    assert load_all(tmp_path / "durable").keys() == state().keys()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_failed_fsync_fails_the_durable_save_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, state(value=1), max_shard_size=150)
+    spy = fsync_spy(monkeypatch)
+    spy.fail = ("model-00002-of-00003.safetensors",)
+    with pytest.raises(SaveError, match="Input/output error"):
+        save_checkpoint(tmp_path, state(value=2), max_shard_size=150, durable=True)
+    assert all(bool((t == 1).all()) for t in load_all(tmp_path).values())
+    assert not [n for n in os.listdir(tmp_path.parent) if ".pretrained-tmp-" in n]

@@ -652,10 +652,14 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             variant: ``model.<variant>.safetensors`` naming.
             push_to_hub: upload the folder afterwards (``repo_id=`` kwarg, default the folder name).
             checksums (kwarg): record a SHA-256 per weights file in the index.
+            durable (kwarg): fsync every file and folder before the swap, so the save
+                also survives a power loss (slower: it waits for the disk). Without it
+                the save is still atomic for readers and for a killed process.
         """
         from ..storage.writer import save_checkpoint
 
         checksums = kwargs.pop("checksums", False)
+        durable = kwargs.pop("durable", False)
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory {os.fspath(save_directory)!r} is a file, not a folder")
         if not is_main_process:
@@ -684,7 +688,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         save_checkpoint(
             save_directory, state_dict, max_shard_size=limit, safe_serialization=safe_serialization,
             variant=variant, save_function=save_function, extra_files=extra_files,
-            index_metadata={"total_parameters": self.num_parameters()}, checksums=checksums,
+            index_metadata={"total_parameters": self.num_parameters()}, checksums=checksums, durable=durable,
         )
         if push_to_hub:
             self._push_folder(save_directory, token=token, **kwargs)

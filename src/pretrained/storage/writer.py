@@ -9,8 +9,8 @@ How a save replaces ``folder``:
    of the current folder is hard-linked in (copied where links fail), except
    the files of the same weights family (single file, any shard, index of
    this format and variant -- they are stale or being rewritten) and the
-   files this save writes. Weights, index and extra files are written and
-   fsync'ed.
+   files this save writes. Weights, index and extra files are written (and,
+   with ``durable=True``, fsync'ed, each while the next is written).
 3. The two folders are swapped with one ``renameat2(RENAME_EXCHANGE)`` and the
    old one (now at the temporary name) is deleted. A new target is simply
    renamed into place.
@@ -47,6 +47,7 @@ import shutil
 import stat
 import struct
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Union
 
@@ -205,8 +206,6 @@ def _write_bytes(path: str, data: bytes) -> None:
         os.unlink(path)  # never write through a hard link into the old folder
     with open(path, "wb") as file:
         file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
 
 
 def _sha256(path: str) -> str:
@@ -313,12 +312,11 @@ def _move_into(src: str, dst: str) -> None:
             raise
         staging = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}{_TMP_MARK}{secrets.token_hex(4)}")
         shutil.copy2(src, staging)
-        _fsync_path(staging)
         os.replace(staging, dst)
 
 
 def _replace_one_by_one(temp: str, target: str, written: list[str], commit: str,
-                        fmt: str, variant: Optional[str]) -> None:
+                        fmt: str, variant: Optional[str], sync: _Syncer) -> None:
     """Fallback without RENAME_EXCHANGE: move new files in, the commit file last, then drop stale ones."""
     try:
         for name in [n for n in written if n != commit] + [commit]:
@@ -329,7 +327,7 @@ def _replace_one_by_one(temp: str, target: str, written: list[str], commit: str,
         for entry in os.listdir(target):
             if names.is_family_file(entry, fmt, variant) and entry not in written:
                 os.unlink(os.path.join(target, entry))
-        _fsync_dir(target)
+        sync.folder(target)
     except OSError as exc:
         raise SaveError(
             f"saving to {target} failed while replacing files one by one (this file system cannot "
@@ -347,12 +345,13 @@ def _cwd_inside(folder: str) -> Optional[str]:
     return cwd if cwd == folder or cwd.startswith(folder.rstrip(os.sep) + os.sep) else None
 
 
-def _install(temp: str, target: str, written: list[str], commit: str, fmt: str, variant: Optional[str]) -> None:
+def _install(temp: str, target: str, written: list[str], commit: str, fmt: str, variant: Optional[str],
+             sync: _Syncer) -> None:
     """Put the assembled folder ``temp`` at ``target``."""
     parent = os.path.dirname(target)
     if not os.path.exists(target):
         os.rename(temp, target)
-        _fsync_dir(parent)
+        sync.folder(parent)
         return
     cwd = _cwd_inside(target)
     try:
@@ -361,14 +360,14 @@ def _install(temp: str, target: str, written: list[str], commit: str, fmt: str, 
         if exc.errno not in _NO_EXCHANGE_ERRNOS:
             raise
         logger.info("atomic folder exchange unavailable for %s (%s); replacing files one by one", target, exc)
-        _replace_one_by_one(temp, target, written, commit, fmt, variant)
+        _replace_one_by_one(temp, target, written, commit, fmt, variant, sync)
         return
     if cwd is not None:  # the process sat in the old folder: follow the path to the new one
         try:
             os.chdir(cwd if os.path.isdir(cwd) else target)
         except OSError:
             logger.warning("the working directory %s was replaced by the save; could not re-enter it", cwd)
-    _fsync_dir(parent)
+    sync.folder(parent)
     shutil.rmtree(temp, ignore_errors=True)
     if os.path.lexists(temp):
         logger.warning("could not remove the previous checkpoint, now at %s; a save after this process ends removes it", temp)
@@ -377,10 +376,43 @@ def _install(temp: str, target: str, written: list[str], commit: str, fmt: str, 
 # --------------------------------------------------------------------------- writing
 
 
+class _Syncer:
+    """What makes a save durable across a power loss (``durable=True``): each written
+    file is fsync'ed on a background thread while the next one is written, and
+    :meth:`wait` returns once all are on disk (raising the first fsync error);
+    folders are fsync'ed when asked. Not durable, every call is a no-op: the
+    save is still atomic for readers and for a process killed part way."""
+
+    def __init__(self, durable: bool) -> None:
+        self.durable = durable
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pretrained-fsync") if durable else None
+        self._pending: list[Future] = []
+
+    def file(self, path: str) -> None:
+        if self._pool is not None:
+            self._pending.append(self._pool.submit(_fsync_path, path))
+
+    def folder(self, path: str) -> None:
+        if self.durable:
+            _fsync_dir(path)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        errors = [error for error in (future.exception() for future in pending) if error is not None]
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        """Stop the thread (after the fsyncs under way); errors are the caller's to have seen."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
 def _write_weights(temp: str, plan: ShardPlan, tensors: dict[str, torch.Tensor], *, fmt: str,
                    variant: Optional[str], file_metadata: dict[str, str], save_function: Callable,
-                   index_metadata: Optional[Mapping], checksums: bool) -> None:
-    """Write every shard (fsync'ed) and, when sharded, the index into ``temp``."""
+                   index_metadata: Optional[Mapping], checksums: bool, sync: _Syncer) -> None:
+    """Write every shard and, when sharded, the index into ``temp`` (each handed to ``sync``)."""
     embed_checksum = checksums and fmt == "safetensors" and not plan.is_sharded
     if embed_checksum:  # a single file carries its own digest (see storage/integrity.py)
         file_metadata = {**file_metadata, integrity.CHECKSUM_KEY: integrity.PLACEHOLDER}
@@ -397,10 +429,12 @@ def _write_weights(temp: str, plan: ShardPlan, tensors: dict[str, torch.Tensor],
             del shard
         if embed_checksum:
             integrity.embed_checksum(path)
-        _fsync_path(path)
+        sync.file(path)
     if plan.is_sharded:
         sums = {file: _sha256(os.path.join(temp, file)) for file in plan.files} if checksums else None
-        _write_bytes(os.path.join(temp, names.index_name(fmt, variant)), index_bytes(plan, index_metadata, sums))
+        index = os.path.join(temp, names.index_name(fmt, variant))
+        _write_bytes(index, index_bytes(plan, index_metadata, sums))
+        sync.file(index)
     elif checksums and not embed_checksum:
         logger.warning("checksums=True: a single .bin weights file has no place for a checksum (no index, no "
                        "header); save with safe_serialization=True or a smaller max_shard_size to get one")
@@ -460,7 +494,7 @@ def _skip_entry(target: str, written: list[str], fmt: str, variant: Optional[str
     return skip
 
 
-def _write_extra_file(temp: str, name: str, content: bytes) -> None:
+def _write_extra_file(temp: str, name: str, content: bytes, sync: _Syncer) -> None:
     path = os.path.join(temp, *name.split("/"))
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
@@ -468,6 +502,7 @@ def _write_extra_file(temp: str, name: str, content: bytes) -> None:
     if os.path.commonpath([os.path.realpath(folder), real_temp]) != real_temp:
         raise SaveError(f"refusing to write extra file {name!r}: a symlinked folder leads outside the checkpoint")
     _write_bytes(path, content)
+    sync.file(path)
 
 
 def _target_path(folder: PathLike) -> str:
@@ -491,6 +526,7 @@ def save_checkpoint(
     extra_files: Optional[Mapping[str, Union[str, bytes]]] = None,
     index_metadata: Optional[Mapping] = None,
     checksums: bool = False,
+    durable: bool = False,
 ) -> list[str]:
     """Save ``state_dict`` (and side files) into ``folder``, atomically.
 
@@ -509,6 +545,11 @@ def save_checkpoint(
         index_metadata: extra entries of the index's ``metadata`` (e.g. ``total_parameters``).
         checksums: store SHA-256 checksums: per shard in the index, or in the header
             of a single safetensors file (a single ``.bin`` file gets none; warning).
+        durable: also survive a power loss or kernel crash: every file and folder is
+            fsync'ed before the swap (each file on a background thread while the next
+            is written). Without it the save is as atomic for readers and for a killed
+            process, and as fast as writing the files, but what the kernel had not yet
+            written to disk may be lost with the machine.
 
     Returns:
         Names of the files written, relative to ``folder``: weights files, the
@@ -537,6 +578,7 @@ def save_checkpoint(
 
     parent, base = os.path.split(target)
     temp = None
+    sync = _Syncer(durable)
     try:
         os.makedirs(parent, exist_ok=True)
         _remove_leftovers(parent, base)
@@ -545,18 +587,22 @@ def save_checkpoint(
             os.chmod(temp, stat.S_IMODE(os.stat(target).st_mode))
             _link_tree(target, temp, _skip_entry(target, written, fmt, variant))
         _write_weights(temp, plan, tensors, fmt=fmt, variant=variant, file_metadata=file_metadata,
-                       save_function=save_function, index_metadata=index_metadata, checksums=checksums)
+                       save_function=save_function, index_metadata=index_metadata, checksums=checksums,
+                       sync=sync)
         for name, content in extra.items():
-            _write_extra_file(temp, name, content)
-        _fsync_dir(temp)
-        _install(temp, target, written, commit, fmt, variant)
+            _write_extra_file(temp, name, content, sync)
+        sync.wait()  # every file on disk before the folder that names them is swapped in
+        sync.folder(temp)
+        _install(temp, target, written, commit, fmt, variant, sync)
     except BaseException as exc:  # KeyboardInterrupt too: never leave the temporary folder behind
+        sync.close()
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
         if isinstance(exc, Exception) and not isinstance(exc, SaveError):
             raise SaveError(f"saving the checkpoint to {target} failed; its previous contents are untouched: "
                             f"{type(exc).__name__}: {exc}") from exc
         raise
+    sync.close()
     logger.info("saved %d weights file(s) to %s", len(plan.files), target)
     return written
 
