@@ -172,7 +172,7 @@ def ratios(summary: dict) -> dict:
     """ours/transformers and ours/floor of every median, where both sides ran."""
     ours = summary.get("ours", {}).get("stats")
     out = {}
-    for other in ("transformers", "floor"):
+    for other in [name for name in summary if name != "ours"]:
         theirs = summary.get(other, {}).get("stats")
         if ours and theirs:
             out[f"ours/{other}"] = {

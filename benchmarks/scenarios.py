@@ -120,20 +120,27 @@ FORWARD = (
 )
 
 
-def floor_load(config_class: str, model_class: str, tie: str | None) -> str:
-    """Plain-PyTorch loading: Transformers' class built on meta, then assign the tensors.
+def floor_load(config_class: str, model_class: str, tie: str | None, dtype: str | None = None) -> str:
+    """Plain-PyTorch loading: Transformers' class built on meta, then assign the tensors
+    of every ``model*.safetensors`` file (cast to ``dtype`` one file at a time, if given).
 
     Args:
         config_class, model_class: names importable from ``transformers``.
-        tie: a statement that ties the output embedding, or None.
+        tie: a statement run after the weights are in (tying the output embedding,
+            rebuilding non-persistent buffers left on meta), or None.
+        dtype: a ``torch`` dtype name, or None to keep the stored one.
     """
+    cast = f".to(torch.{dtype})" if dtype else ""
     return _code(
         f"""
+        import glob
         config = transformers.{config_class}.from_pretrained(path)
         with torch.device("meta"):
             model = transformers.{model_class}(config)
-        state_dict = safetensors.torch.load_file(path + "/model.safetensors")
-        model.load_state_dict(state_dict, strict=False, assign=True)
+        for file in sorted(glob.glob(path + "/model*.safetensors")):
+            state_dict = {{k: v{cast} for k, v in safetensors.torch.load_file(file).items()}}
+            model.load_state_dict(state_dict, strict=False, assign=True)
+            del state_dict
         {tie or ""}
         model.eval()
         left_on_meta = [n for n, t in model.state_dict().items() if t.is_meta]
@@ -297,7 +304,8 @@ S4L = offload_scenario(
 )
 
 
-def llama_load_scenario(key: str, title: str, dtype: str, atol: float) -> Scenario:
+def llama_load_scenario(key: str, title: str, dtype: str, atol: float, extra: dict | None = None,
+                        notes: str = "") -> Scenario:
     """The 1.1B Llama bf16 checkpoint loaded as ``dtype`` (load + first logits)."""
     return Scenario(
         key=key,
@@ -314,13 +322,32 @@ def llama_load_scenario(key: str, title: str, dtype: str, atol: float) -> Scenar
                 ("load_s", f"model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.{dtype})\n"),
                 FORWARD,
             )),
+            "floor": Impl(steps=(
+                ("import_s", "import torch\nimport safetensors.torch\nimport transformers\n"),
+                ("load_s", floor_load("LlamaConfig", "LlamaForCausalLM",
+                                              "model.model.rotary_emb = type(model.model.rotary_emb)(config=config)",
+                                              dtype)),
+                FORWARD,
+            )),
+            **(extra or {}),
         },
         atol=atol,
+        notes=notes,
     )
 
 
 S2 = llama_load_scenario("S2", "Llama 1.1B bf16 (5 shards) -> bf16 (load + first logits)", "bfloat16", 2e-2)
-S3 = llama_load_scenario("S3", "Llama 1.1B bf16 (5 shards) -> float32 (load + first logits)", "float32", 1e-4)
+# The physical floor of S3's load on this machine: every byte of the fp32 model is a fresh page
+# that the kernel must fault in and zero; touching them (no reading, no converting) is the least
+# any loader must spend.
+TOUCH = Impl(steps=(
+    ("import_s", "import torch\n"),
+    ("load_s", "weights = torch.empty(1_100_048_384, dtype=torch.float32).fill_(1.0)\n"),
+))
+S3 = llama_load_scenario("S3", "Llama 1.1B bf16 (5 shards) -> float32 (load + first logits)", "float32", 1e-4,
+                         extra={"touch": TOUCH},
+                         notes="touch = allocate and fill the fp32 model's 4.4 GB and nothing else: the "
+                         "page-fault floor of any load (its RSS: import torch + the bytes, no model)")
 
 
 # --- saving -----------------------------------------------------------------

@@ -20,6 +20,7 @@ from helpers import assert_close
 from pretrained import BertForMaskedLM, GPT2LMHeadModel
 from pretrained.errors import DeviceMapError
 from pretrained.placement import DiskReader, DiskTensor, ModuleHook, send_to_device, write_offloaded
+from pretrained.placement.offload import OffloadWriter
 from pretrained.storage.writer import LazyTensor, save_checkpoint
 
 ATOL = 1e-5
@@ -104,7 +105,7 @@ def test_half_the_model_on_cpu_rest_on_disk(which, layout, hf_gpt2_dirs, hf_bert
                                            if n in offloaded_params(model))
 
 
-def test_disk_weights_are_read_into_fresh_memory_not_mapped(hf_bert_dirs, bert_reference, input_ids):
+def test_disk_weights_do_not_stay_mapped_after_the_forward(hf_bert_dirs, bert_reference, input_ids):
     if not os.path.exists("/proc/self/maps"):
         pytest.skip("needs /proc/self/maps")
     folder = hf_bert_dirs["sharded"]
@@ -387,6 +388,10 @@ def test_disk_reader_reads_exact_bytes_and_converts(tmp_path):
         reader.read(past_the_end)
     reader.pin(entry.path)  # a pinned file is read through its open descriptor
     assert torch.equal(reader.read(entry), tensor)
+    odd = tmp_path / "odd.bin"  # a tensor at an offset its dtype does not divide: read, not mapped
+    odd.write_bytes(b"x" + tensor.numpy().tobytes())
+    misaligned = DiskTensor(str(odd), 1, 97, torch.float32, (2, 3, 4), torch.float32)
+    assert torch.equal(reader.read(misaligned), tensor)
     reader.close()
 
 
@@ -414,3 +419,43 @@ def test_hooks_bring_weights_in_and_release_them_even_on_error():
         layer(torch.ones(1, 4))
     assert layer.weight is placeholder
     hook.detach()
+
+
+def test_offload_writer_writes_in_the_background_with_bounded_memory(tmp_path, monkeypatch):
+    import threading
+    import pretrained.placement.offload as offload_module
+
+    gate, running, most = threading.Event(), [0], [0]
+    real_write = offload_module.write_offloaded
+
+    def slow_write(folder, name, tensor):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        gate.wait(5)
+        running[0] -= 1
+        return real_write(folder, name, tensor)
+
+    monkeypatch.setattr(offload_module, "write_offloaded", slow_write)
+    writer = OffloadWriter(tmp_path, workers=2, max_pending=3)
+    tensors = {f"t{i}": torch.full((5,), float(i)) for i in range(3)}
+    for name, tensor in tensors.items():
+        writer.submit(name, tensor)  # three fit without blocking while the writes are held
+    fourth = threading.Thread(target=writer.submit, args=("t3", torch.full((5,), 3.0)))
+    fourth.start()
+    fourth.join(0.3)
+    assert fourth.is_alive(), "a fourth pending tensor should wait for a free slot"
+    gate.set()
+    fourth.join(5)
+    entries = writer.finish()
+    assert sorted(entries) == ["t0", "t1", "t2", "t3"] and most[0] == 2
+    reader = DiskReader()
+    assert all(torch.equal(reader.read(entries[f"t{i}"]), torch.full((5,), float(i))) for i in range(4))
+
+
+def test_offload_writer_raises_the_first_write_error(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    writer = OffloadWriter(blocker)
+    writer.submit("a", torch.ones(2))
+    with pytest.raises(OSError):
+        writer.finish()

@@ -27,7 +27,7 @@ from ..errors import DeviceMapError
 from ..logging import get_logger
 from ..storage.safetensors import read_header
 from .hooks import Fetch, ModuleHook, attach_hooks, remove_hooks
-from .offload import DiskReader, DiskTensor, disk_tensor_in, write_offloaded
+from .offload import DiskReader, DiskTensor, OffloadWriter, disk_tensor_in, write_offloaded
 from .plan import (
     STRATEGIES,
     Device,
@@ -142,6 +142,8 @@ class Placement:
         self.reader = DiskReader()
         self.hooks: Dict[str, ModuleHook] = {}
         self._headers: Dict[str, Any] = {}
+        self._writer: Optional[OffloadWriter] = None  # converted disk tensors being written
+        self._written_as: Dict[str, List[str]] = {}  # first name -> every name of that tensor
         self._warn_unused_keys(model, names)
 
     # ------------------------------------------------------------ facts
@@ -201,12 +203,23 @@ class Placement:
         if entry is None or (entry.dtype != dtype and self.offload_folder is not None):
             if self.offload_folder is None:
                 raise DeviceMapError(_NEEDS_FOLDER)
-            # read with pread, not through the checkpoint's mapping: mapped pages would stay in RSS
+            # through a mapping of this tensor alone (the reader's), not the checkpoint's: its pages go with it
             value = self.reader.read(entry) if entry is not None else source.get(key).to(dtype)
-            entry = write_offloaded(self.offload_folder, names[0], value)
-            del value
+            if self._writer is None:
+                self._writer = OffloadWriter(self.offload_folder)
+            self._writer.submit(names[0], value)  # written while the next tensors load
+            self._written_as[names[0]] = list(names)
+            return
         for name in names:
             self.disk[name] = entry
+
+    def _finish_writes(self) -> None:
+        """Wait for the offload folder's background writes and record where they went."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            for first, entry in writer.finish().items():
+                for name in self._written_as.pop(first):
+                    self.disk[name] = entry
 
     # ------------------------------------------------------------ place phase
 
@@ -219,6 +232,7 @@ class Placement:
         with a warning, when there is none; hooks are attached; ``hf_device_map``
         is set.
         """
+        self._finish_writes()
         groups: Dict[int, List[Tuple[str, nn.Module, str, bool, torch.Tensor]]] = {}
         for item in _named_tensors(model):
             groups.setdefault(id(item[4]), []).append(item)

@@ -11,16 +11,21 @@ safetensors file, its dtype and shape on disk, and the dtype the model wants.
   (one file per tensor: a reader needs nothing but the file, and a crash
   leaves complete files only). The index of those files stays in memory.
 
-Reads use ``os.preadv`` into freshly allocated memory (``readinto`` where
-``preadv`` is missing): no file stays mapped, so pages of the offloaded
-weights never linger in the process's resident set, and the memory of a
-fetched tensor is returned as soon as the module that used it has run.
+A read maps just the tensor's bytes (a private, copy-on-write mapping) and
+hands out a view of it, or the converted / moved copy made from it: the page
+cache is read in place, with no fresh pages to fault in and zero. The mapping
+goes with the last view, so once the module that used a weight has run, its
+pages leave the process's resident set. Where a tensor cannot be mapped
+(misaligned in its file, no address space) it is read with ``os.preadv``
+into fresh memory instead.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
 
@@ -103,12 +108,55 @@ def write_offloaded(folder: PathLike, name: str, tensor: torch.Tensor) -> DiskTe
     return disk_tensor_in(path, name, target_dtype=tensor.dtype)
 
 
+class OffloadWriter:
+    """Writes tensors to an offload folder on background threads while loading goes on.
+
+    At most ``max_pending`` tensors wait in memory for their write (``submit``
+    blocks beyond that), so the RAM a load may use stays bounded.
+
+    Args:
+        folder: the offload folder.
+        workers: writer threads (writing to the page cache is CPU work: this
+            overlaps it with the reading and converting of the next tensors).
+        max_pending: tensors submitted but not yet written, at most.
+    """
+
+    def __init__(self, folder: PathLike, *, workers: int = 2, max_pending: int = 4) -> None:
+        self.folder = folder
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pretrained-offload")
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._futures: Dict[str, Future] = {}
+
+    def submit(self, name: str, tensor: torch.Tensor) -> None:
+        """Write ``tensor`` as ``name`` (see :func:`write_offloaded`) in the background."""
+        self._slots.acquire()
+        try:
+            self._futures[name] = self._pool.submit(self._write, name, tensor)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _write(self, name: str, tensor: torch.Tensor) -> DiskTensor:
+        try:
+            return write_offloaded(self.folder, name, tensor)
+        finally:
+            self._slots.release()
+
+    def finish(self) -> Dict[str, DiskTensor]:
+        """Wait for every write; the entries by name. Raises the first write's error."""
+        futures, self._futures = self._futures, {}
+        try:
+            return {name: future.result() for name, future in futures.items()}
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def _open(path: str) -> int:
     return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
 
 
 class DiskReader:
-    """Reads :class:`DiskTensor` values into fresh memory.
+    """Reads :class:`DiskTensor` values (see the module's notes on mapping).
 
     Files that were :meth:`pin`-ned (checkpoint shards: a handful) stay open;
     any other file (one per tensor in an offload folder: possibly thousands,
@@ -128,20 +176,47 @@ class DiskReader:
                 self._fds[path] = _open(path)
 
     def read(self, entry: DiskTensor, device: Union[str, torch.device, None] = None) -> torch.Tensor:
-        """The tensor of ``entry`` in its target dtype, on ``device`` (default CPU).
+        """The tensor of ``entry`` in its target dtype, on ``device`` (default CPU): a view
+        of a mapping of its bytes when nothing changes, else a copy made from one.
 
         Raises:
             OSError: when the file is shorter than the entry says (it changed on disk).
         """
-        tensor = torch.empty(entry.shape, dtype=entry.dtype)
-        if entry.nbytes:
-            buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-            self._read_exactly(entry.path, entry.start, buffer)
+        tensor = self._mapped(entry)
+        if tensor is None:
+            tensor = torch.empty(entry.shape, dtype=entry.dtype)
+            if entry.nbytes:
+                buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+                self._read_exactly(entry.path, entry.start, buffer)
         if entry.target_dtype != entry.dtype:
             tensor = tensor.to(entry.target_dtype)
         if device is not None and torch.device(device).type != "cpu":
             tensor = tensor.to(device)
         return tensor
+
+    def _mapped(self, entry: DiskTensor) -> Optional[torch.Tensor]:
+        """A view of a private mapping of ``entry``'s bytes, or None where it can't be mapped."""
+        if not entry.nbytes or entry.start % entry.dtype.itemsize:
+            return None
+        fd = self._fds.get(entry.path)
+        own = fd is None
+        if own:
+            fd = _open(entry.path)
+        try:
+            size = os.fstat(fd).st_size
+            if size < entry.end:  # mapping past the end would fault (SIGBUS) when read
+                raise OSError(f"{entry.path} ended at byte {size}, before the offloaded tensor it should hold")
+            base = entry.start - entry.start % mmap.ALLOCATIONGRANULARITY
+            try:
+                mapping = mmap.mmap(fd, entry.end - base, offset=base, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError):  # no address space for it: read it instead
+                return None
+        finally:
+            if own:
+                os.close(fd)
+        view = torch.frombuffer(mapping, dtype=entry.dtype, count=entry.nbytes // entry.dtype.itemsize,
+                                offset=entry.start - base)
+        return view.view(entry.shape)
 
     def _read_exactly(self, path: str, offset: int, buffer: memoryview) -> None:
         fd = self._fds.get(path)
@@ -180,4 +255,4 @@ class DiskReader:
             pass
 
 
-__all__ = ["DiskTensor", "DiskReader", "disk_tensor_in", "offload_file_name", "write_offloaded"]
+__all__ = ["DiskTensor", "DiskReader", "OffloadWriter", "disk_tensor_in", "offload_file_name", "write_offloaded"]
