@@ -376,35 +376,29 @@ SAFETENSORS_DIRECT = _code(
     """
 )
 
+OURS_IMPORT = "import os\nimport torch\nfrom pretrained import AutoModelForCausalLM\n"
+OURS_LOAD = "model = AutoModelForCausalLM.from_pretrained(path)\n"
+
+
+def save_impl(imports: str, load: str, save: str) -> Impl:
+    """Load GPT-2-medium (``load_s``), save it into ``scratch/out`` (``save_s``), check the shards."""
+    return Impl(steps=(("import_s", imports), ("load_s", load), ("save_s", save), ("check_s", SAVE_CHECK)))
+
+
 S5 = Scenario(
     key="S5",
     title=f'GPT-2-medium fp32 save_pretrained(max_shard_size="{SAVE_SHARD}")',
     checkpoint=GPT2_MEDIUM_FP32.key,
     impls={
-        "ours": Impl(steps=(
-            ("import_s", "import os\nimport torch\nfrom pretrained import AutoModelForCausalLM\n"),
-            ("load_s", "model = AutoModelForCausalLM.from_pretrained(path)\n"),
-            ("save_s", f'model.save_pretrained(scratch + "/out", max_shard_size="{SAVE_SHARD}")\n'),
-            ("check_s", SAVE_CHECK),
-        )),
-        "transformers": Impl(steps=(
-            ("import_s", "import os\nimport torch\nimport transformers\n"),
-            ("load_s", "model = transformers.AutoModelForCausalLM.from_pretrained(path)\n"),
-            ("save_s", f'model.save_pretrained(scratch + "/out", max_shard_size="{SAVE_SHARD}")\n'),
-            ("check_s", SAVE_CHECK),
-        )),
-        "floor": Impl(steps=(
-            ("import_s", "import os\nimport torch\nfrom pretrained import AutoModelForCausalLM\n"),
-            ("load_s", "model = AutoModelForCausalLM.from_pretrained(path)\n"),
-            ("save_s", SAFETENSORS_DIRECT),
-            ("check_s", SAVE_CHECK),
-        )),
-        "ours_durable": Impl(steps=(
-            ("import_s", "import os\nimport torch\nfrom pretrained import AutoModelForCausalLM\n"),
-            ("load_s", "model = AutoModelForCausalLM.from_pretrained(path)\n"),
-            ("save_s", f'model.save_pretrained(scratch + "/out", max_shard_size="{SAVE_SHARD}", durable=True)\n'),
-            ("check_s", SAVE_CHECK),
-        )),
+        "ours": save_impl(OURS_IMPORT, OURS_LOAD,
+                          f'model.save_pretrained(scratch + "/out", max_shard_size="{SAVE_SHARD}")\n'),
+        "transformers": save_impl("import os\nimport torch\nimport transformers\n",
+                                  "model = transformers.AutoModelForCausalLM.from_pretrained(path)\n",
+                                  f'model.save_pretrained(scratch + "/out", max_shard_size="{SAVE_SHARD}")\n'),
+        "floor": save_impl(OURS_IMPORT, OURS_LOAD, SAFETENSORS_DIRECT),
+        "ours_durable": save_impl(OURS_IMPORT, OURS_LOAD,
+                                  f'model.save_pretrained(scratch + "/out", max_shard_size="{SAVE_SHARD}", '
+                                  'durable=True)\n'),
     },
     metrics=("save_s", "load_s", "wall_s"),
     notes="floor = the same tensors in the same shards written by safetensors.torch.save_file (no index, "

@@ -22,7 +22,6 @@ into fresh memory instead.
 
 from __future__ import annotations
 
-import mmap
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +30,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from ..storage.safetensors import read_header, save_safetensors
+from ..storage.safetensors import map_bytes, read_header, save_safetensors
 
 PathLike = Union[str, os.PathLike]
 
@@ -206,16 +205,15 @@ class DiskReader:
             size = os.fstat(fd).st_size
             if size < entry.end:  # mapping past the end would fault (SIGBUS) when read
                 raise OSError(f"{entry.path} ended at byte {size}, before the offloaded tensor it should hold")
-            base = entry.start - entry.start % mmap.ALLOCATIONGRANULARITY
             try:
-                mapping = mmap.mmap(fd, entry.end - base, offset=base, access=mmap.ACCESS_COPY)
+                mapping, offset = map_bytes(fd, entry.start, entry.end)
             except (OSError, ValueError):  # no address space for it: read it instead
                 return None
         finally:
             if own:
                 os.close(fd)
         view = torch.frombuffer(mapping, dtype=entry.dtype, count=entry.nbytes // entry.dtype.itemsize,
-                                offset=entry.start - base)
+                                offset=offset)
         return view.view(entry.shape)
 
     def _read_exactly(self, path: str, offset: int, buffer: memoryview) -> None:

@@ -38,7 +38,7 @@ from . import integrity
 from .folder import FolderHandle
 from .pickle import load_pickle
 from .resolve import ResolvedCheckpoint, parse_index, resolve_checkpoint
-from .safetensors import SafetensorsHeader, SafetensorsReader, read_header
+from .safetensors import SafetensorsHeader, SafetensorsReader, map_bytes, read_header
 
 CHUNK_BYTES = 16 << 20  # what :meth:`Checkpoint.chunks` maps of a tensor at a time
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", None)  # absent on Windows: pieces then stay mapped to the end
@@ -367,14 +367,13 @@ class Checkpoint:
         if info is None or fd is None or info.numel == 0 or info.start % info.dtype.itemsize:
             yield (self.get(name) if info is None else self.read(name)).reshape(-1)
             return
-        base = info.start - info.start % mmap.ALLOCATIONGRANULARITY
         try:
-            mapping = mmap.mmap(fd, info.end - base, offset=base, access=mmap.ACCESS_COPY)
+            mapping, begin = map_bytes(fd, info.start, info.end)
         except OSError:  # no address space or commit charge for it: read it instead
             yield self.read(name).reshape(-1)
             return
         step = max(mmap.PAGESIZE, chunk_bytes - chunk_bytes % mmap.PAGESIZE)
-        begin, end = info.start - base, info.end - base  # the tensor's bytes within the mapping
+        end = begin + info.nbytes  # the tensor's bytes within the mapping: begin:end
         try:
             while begin < end:
                 stop = min(end, (begin // step + 1) * step)  # piece boundaries fall on pages

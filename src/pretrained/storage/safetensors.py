@@ -308,6 +308,17 @@ def _read_header_fd(path: PathLike, fd: int) -> SafetensorsHeader:
         raise CheckpointError(f"{os.fspath(path)}: invalid safetensors file: {exc}") from None
 
 
+def map_bytes(fd: int, start: int, end: int) -> tuple[mmap.mmap, int]:
+    """A private (copy-on-write) mapping of bytes ``start:end`` of ``fd``, and where
+    ``start`` falls in it (mappings begin on an allocation-granularity boundary).
+
+    Raises:
+        OSError: when the kernel refuses the mapping (address space, commit charge).
+    """
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    return mmap.mmap(fd, end - base, offset=base, access=mmap.ACCESS_COPY), start - base
+
+
 class SafetensorsReader:
     """Lazy access to the tensors of one safetensors file through a private mapping.
 
@@ -357,9 +368,8 @@ class SafetensorsReader:
 
     def _map_range(self, name: str, info: TensorInfo) -> tuple[mmap.mmap, int]:
         """A private mapping covering just ``info`` and the tensor's offset in it."""
-        start = info.start - info.start % mmap.ALLOCATIONGRANULARITY
         try:
-            return mmap.mmap(self._fd, info.end - start, offset=start, access=mmap.ACCESS_COPY), info.start - start
+            return map_bytes(self._fd, info.start, info.end)
         except OSError as exc:
             raise CheckpointError(f"{self.path}: cannot map tensor {name!r} ({info.nbytes} bytes): {exc}") from exc
 
@@ -531,5 +541,6 @@ __all__ = [
     "read_header",
     "SafetensorsReader",
     "dtype_code",
+    "map_bytes",
     "save_safetensors",
 ]
