@@ -188,9 +188,11 @@ S6 = Scenario(
         "ours": Impl(steps=(("import_s", "import pretrained\n"),)),
         "transformers": Impl(steps=(("import_s", "import transformers\nfrom transformers import GPT2LMHeadModel\n"),)),
         "floor": Impl(steps=(("import_s", "import torch\n"),)),
+        "ours_model": Impl(steps=(("import_s", "from pretrained import GPT2LMHeadModel\n"),)),
     },
     metrics=("wall_s", "import_s"),
-    notes="floor = `import torch` alone; ours = `import pretrained`; "
+    notes="floor = `import torch` alone; ours = `import pretrained` (lazy: torch is not imported yet); "
+    "ours_model = `from pretrained import GPT2LMHeadModel` (torch + the model module); "
     "transformers = `import transformers; from transformers import GPT2LMHeadModel`",
 )
 

@@ -9,7 +9,8 @@ Loading a checkpoint is three small steps, each usable alone:
    stripping ``base_model_prefix``), checks shapes, and assigns each
    checkpoint tensor to its parameter — zero-copy when the dtype already
    matches (the tensor is a copy-on-write view of the memory-mapped file),
-   otherwise converted once into fresh memory.
+   otherwise converted (or moved) once, straight from the page cache into its
+   destination, 16 MiB of the source mapped at a time.
 3. :func:`initialize_missing` runs the model's ``_init_weights`` on modules
    that own a missing or mismatched tensor, under a guard that makes every
    in-place write to a loaded tensor a no-op (so an ``_init_weights`` that
