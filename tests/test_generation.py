@@ -1,13 +1,20 @@
 """`generate` against Transformers' on the same weights (tiny GPT-2 and Llama, seed 0).
 
 Greedy decoding must give exactly Transformers' tokens, also for a left-padded
-batch and when EOS finishes one row early; sampling with the same global seed
-must draw the same tokens (same processors, same order, same RNG use).  The
+batch, when EOS finishes one row early, with a repetition penalty and with a
+minimum length; sampling with the same global seed must draw the same tokens
+(same processors, same order, same RNG use).  A ``generation_config.json``
+written by Transformers must drive both libraries' ``generate`` alike.  The
 encoder-decoder path is checked on a toy model that follows the hook contract
 of :mod:`pretrained.modeling.generation`, and on T5 where it exists.
 """
 
 from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
 
 import pytest
 import torch
@@ -17,6 +24,8 @@ from helpers import assert_close
 
 transformers = pytest.importorskip("transformers")
 
+from pretrained import AutoModelForCausalLM, GenerationConfig  # noqa: E402
+from pretrained.logging import enable_propagation  # noqa: E402
 from pretrained.modeling.generation import GenerationMixin, process_logits  # noqa: E402
 from pretrained.modeling.outputs import BaseModelOutput, Seq2SeqLMOutput  # noqa: E402
 from pretrained.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model  # noqa: E402
@@ -165,7 +174,7 @@ def test_max_length_and_zero_new_tokens(pair, prompt):
 
 @pytest.mark.parametrize("seed, options", [
     (0, dict()), (1, dict(temperature=0.7, top_k=0)), (2, dict(top_p=0.8, top_k=0)),
-    (3, dict(temperature=1.3, top_k=20, top_p=0.9)),
+    (3, dict(temperature=1.3, top_k=20, top_p=0.9)), (4, dict(repetition_penalty=1.3, min_new_tokens=5, top_k=0)),
 ])
 def test_sampling_equals_transformers_with_the_same_seed(pair, prompt, seed, options):
     """Also checks the defaults: ``do_sample=True`` alone samples from the top 50, as in Transformers."""
@@ -218,6 +227,219 @@ def test_bad_arguments(pair, prompt):
         ours.generate(ids, do_sample=True, temperature=0.0)
     with pytest.raises(ValueError, match="top_p"):
         ours.generate(ids, do_sample=True, top_p=1.5)
+    for value in (0, 0.0, -1.3, True, "1.3"):
+        with pytest.raises(ValueError, match="repetition_penalty"):
+            ours.generate(ids, repetition_penalty=value)
+    for name, value in (("min_new_tokens", -1), ("min_length", -2), ("min_new_tokens", 2.5)):
+        with pytest.raises(ValueError, match=name):
+            ours.generate(ids, **{name: value})
+    with pytest.raises(TypeError, match="generation_config"):
+        ours.generate(ids, generation_config={"max_new_tokens": 3})
+
+
+# ----------------------------------------------------------------------------- repetition penalty, minimum length
+
+
+def _eos_at_step_2(theirs, ids) -> int:
+    """The token Transformers' plain greedy run on ``ids`` (one row) produces third: as EOS it stops that run early."""
+    plain = theirs.generate(ids, max_new_tokens=NEW, do_sample=False, eos_token_id=VOCAB - 1, pad_token_id=PAD)
+    return int(plain[0, ids.shape[1] + 2])
+
+
+@pytest.mark.parametrize("options", [dict(repetition_penalty=1.3), dict(min_new_tokens=5),
+                                     dict(repetition_penalty=1.3, min_new_tokens=5), dict(min_length=7 + 5),
+                                     dict(repetition_penalty=0.7)], ids=str)
+def test_penalty_and_min_length_equal_transformers(pair, prompt, options):
+    ours, theirs = pair
+    ids, mask = prompt
+    eos = _eos_at_step_2(theirs, ids[:1])
+    for batch_ids, batch_mask in ((ids[:1], None), (ids, mask)):
+        expected = theirs.generate(batch_ids, attention_mask=batch_mask, max_new_tokens=NEW, do_sample=False,
+                                   eos_token_id=eos, pad_token_id=PAD, **options)
+        got = ours.generate(batch_ids, attention_mask=batch_mask, max_new_tokens=NEW, eos_token_id=eos,
+                            pad_token_id=PAD, **options)
+        assert torch.equal(got, expected), (got, expected)
+    # the options change the run, so the comparison above can fail
+    assert ours.generate(ids[:1], max_new_tokens=NEW, eos_token_id=eos).shape[1] <= 7 + 3
+    if "min_new_tokens" in options or "min_length" in options:
+        alone = ours.generate(ids[:1], max_new_tokens=NEW, eos_token_id=eos, **options)
+        assert alone.shape[1] >= 7 + 6 and not bool((alone[0, 7:7 + 5] == eos).any())
+    if "repetition_penalty" in options:
+        free = ours.generate(ids[:1], max_new_tokens=NEW, eos_token_id=[])
+        assert not torch.equal(ours.generate(ids[:1], max_new_tokens=NEW, eos_token_id=[],
+                                             repetition_penalty=options["repetition_penalty"]), free)
+
+
+def test_repetition_penalty_leaves_left_padding_out(pair, prompt):
+    """Pad tokens before the prompt are not "seen" (Transformers 5): each row's tokens equal
+    the row's own run, even with a pad id the model likes (the one row 2 would pick first)."""
+    ours, theirs = pair
+    raw, mask = prompt
+    pad = int(ours.generate(raw[2:, 4:], max_new_tokens=1, eos_token_id=[])[0, -1])
+    ids = raw.masked_fill(mask == 0, pad)
+    options = dict(max_new_tokens=NEW, eos_token_id=VOCAB - 1, pad_token_id=pad, repetition_penalty=1.3)
+    got = ours.generate(ids, attention_mask=mask, **options)
+    assert torch.equal(got, theirs.generate(ids, attention_mask=mask, do_sample=False, **options))
+    for row in range(3):
+        real = ids[row:row + 1, mask[row].bool()]
+        alone = ours.generate(real, **options)[0, real.shape[1]:]
+        assert torch.equal(got[row, 7:7 + len(alone)], alone)
+
+
+# ----------------------------------------------------------------------------- generation config
+
+
+@pytest.fixture(scope="module", params=[
+    dict(max_new_tokens=6, repetition_penalty=1.3),
+    dict(do_sample=True, temperature=0.7, top_k=10, max_length=7 + 9, min_new_tokens=3, repetition_penalty=1.2),
+], ids=["greedy", "sampling"])
+def configured_checkpoint(request, pair, prompt, tmp_path_factory):
+    """A checkpoint saved by Transformers with a generation_config.json: the params above, EOS the
+    token a greedy run with the penalty produces third (row 0), pad ``PAD``.  Returns
+    ``(folder, ours, theirs)``, both loaded from it."""
+    _, reference = pair
+    ids, _ = prompt
+    eos = int(reference.generate(ids[:1], max_new_tokens=NEW, do_sample=False, eos_token_id=VOCAB - 1,
+                                 pad_token_id=PAD, repetition_penalty=1.3)[0, 7 + 2])
+    writer = copy.deepcopy(reference)
+    writer.generation_config = transformers.GenerationConfig(eos_token_id=eos, pad_token_id=PAD, **request.param)
+    folder = tmp_path_factory.mktemp("generation_config")
+    writer.save_pretrained(folder)
+    return folder, AutoModelForCausalLM.from_pretrained(folder), \
+        transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
+def test_generation_config_json_drives_generate_as_in_transformers(configured_checkpoint, prompt):
+    folder, ours, theirs = configured_checkpoint
+    ids, mask = prompt
+    written = json.loads((folder / "generation_config.json").read_text())
+    assert {k: v for k, v in ours.generation_config.to_dict().items() if k != "transformers_version"} == \
+        {k: v for k, v in written.items() if k != "transformers_version"}
+    for batch_ids in (ids[:1], ids):                  # only input_ids: the mask comes from the file's pad id
+        torch.manual_seed(7)
+        expected = theirs.generate(batch_ids)
+        torch.manual_seed(7)
+        assert torch.equal(ours.generate(batch_ids), expected)
+    torch.manual_seed(7)
+    expected = theirs.generate(ids, attention_mask=mask, generation_config=theirs.generation_config)
+    torch.manual_seed(7)
+    assert torch.equal(ours.generate(ids, attention_mask=mask, generation_config=ours.generation_config), expected)
+    if not written.get("do_sample"):
+        assert ours.generate(ids[:1]).shape == (1, 7 + 3)                            # the file's EOS stops it
+
+
+def test_explicit_arguments_override_the_generation_config(configured_checkpoint, prompt):
+    folder, ours, theirs = configured_checkpoint
+    ids, _ = prompt
+    options = dict(max_new_tokens=9, do_sample=False, repetition_penalty=1.0, min_new_tokens=0, eos_token_id=[])
+    expected = theirs.generate(ids, **options)
+    assert torch.equal(ours.generate(ids, **options), expected)
+    assert expected.shape == (3, 7 + 9)
+    penalized = ours.generate(ids, max_new_tokens=9, do_sample=False, min_new_tokens=0, eos_token_id=[])
+    assert not torch.equal(penalized, expected)                         # the file's penalty, overridden above
+    # a length argument replaces the config's length, whichever way each states it
+    assert ours.generate(ids, max_length=10, do_sample=False, eos_token_id=[]).shape == (3, 10)
+    # a generation_config argument overrides the model's, and arguments override both
+    call = GenerationConfig(max_new_tokens=2, do_sample=False)
+    assert ours.generate(ids, eos_token_id=[], generation_config=call).shape == (3, 7 + 2)
+    assert ours.generate(ids, eos_token_id=[], generation_config=call, max_new_tokens=4).shape == (3, 7 + 4)
+    assert ours.generation_config == AutoModelForCausalLM.from_pretrained(folder).generation_config   # untouched
+
+
+def test_save_load_round_trip_keeps_the_generation_config(configured_checkpoint, tmp_path):
+    _, loaded, _ = configured_checkpoint
+    model = copy.deepcopy(loaded)
+    model.generation_config.custom_key = {"kept": [1, 2]}     # unknown keys are kept and written back
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.generation_config == model.generation_config
+    assert reloaded.generation_config.custom_key == {"kept": [1, 2]}
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    for key, value in loaded.generation_config.to_dict().items():
+        if key != "transformers_version":
+            assert getattr(theirs.generation_config, key) == value, key
+
+
+def test_generation_config_of_a_built_model(tmp_path):
+    """Built directly: the config's token ids, marked ``_from_model_config`` until a field is set."""
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=VOCAB, bos_token_id=1,
+                                       eos_token_id=2))
+    assert model.generation_config.to_dict() == {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2}
+    assert GPT2Model(model.config).generation_config is None
+    model.save_pretrained(tmp_path / "plain")
+    assert json.loads((tmp_path / "plain" / "generation_config.json").read_text()) == \
+        {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2}
+    model.generation_config.max_new_tokens = 3
+    model.save_pretrained(tmp_path / "set")
+    written = json.loads((tmp_path / "set" / "generation_config.json").read_text())
+    assert written == {"bos_token_id": 1, "eos_token_id": 2, "max_new_tokens": 3}
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "set")
+    assert theirs.generation_config.max_new_tokens == 3
+    assert model.generate(torch.tensor([[5, 6]]), eos_token_id=[]).shape == (1, 2 + 3)
+
+
+def test_missing_or_invalid_generation_config_json_falls_back(hf_gpt2_dirs, tmp_path, caplog):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(hf_gpt2_dirs["single"], folder)
+    (folder / "generation_config.json").unlink(missing_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.generation_config == GenerationConfig.from_model_config(model.config)
+    enable_propagation()
+    for text in ("{not json", "[1, 2]", '{"to_dict": 1}'):
+        (folder / "generation_config.json").write_text(text)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pretrained"):
+            model = AutoModelForCausalLM.from_pretrained(folder)
+        assert model.generation_config == GenerationConfig.from_model_config(model.config)
+        assert "generation_config.json" in caplog.text
+
+
+def test_generation_config_json_of_a_hub_repo(configured_checkpoint, tmp_path):
+    """A repo id (a hand-made Hub cache, offline): the snapshot's file is read; without one the load still works."""
+    folder, ours, _ = configured_checkpoint
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    for repo, keep in (("acme/with-config", True), ("acme/without-config", False)):
+        root = tmp_path / ("models--" + repo.replace("/", "--"))
+        (root / "refs").mkdir(parents=True)
+        (root / "refs" / "main").write_text(sha)
+        shutil.copytree(folder, root / "snapshots" / sha,
+                        ignore=None if keep else shutil.ignore_patterns("generation_config.json"))
+        model = AutoModelForCausalLM.from_pretrained(repo, cache_dir=tmp_path)
+        expected = ours.generation_config if keep else GenerationConfig.from_model_config(model.config)
+        assert model.generation_config == expected
+
+
+def test_bad_or_unsupported_values_from_the_generation_config(pair, prompt):
+    ours, _ = pair
+    ids, _ = prompt
+    saved = ours.generation_config
+    try:
+        ours.generation_config = GenerationConfig(repetition_penalty=0.0)
+        with pytest.raises(ValueError, match="repetition_penalty"):
+            ours.generate(ids)
+        assert ours.generate(ids, max_new_tokens=2, repetition_penalty=1.3).shape == (3, 7 + 2)
+        ours.generation_config = GenerationConfig(num_beams=4, no_repeat_ngram_size=0, bad_words_ids=[])
+        with pytest.raises(NotImplementedError, match="num_beams=4 .*generation config"):
+            ours.generate(ids)
+        assert ours.generate(ids, max_new_tokens=2, num_beams=1).shape == (3, 7 + 2)
+    finally:
+        ours.generation_config = saved
+
+
+def test_generation_config_class():
+    config = GenerationConfig.from_dict({"max_new_tokens": 5, "num_beams": 1, "transformers_version": "5.0.0",
+                                         "_commit_hash": "abc", "custom": [1]})
+    assert (config.max_new_tokens, config.num_beams, config.custom, config.top_k) == (5, 1, [1], None)
+    assert config.to_dict() == {"max_new_tokens": 5, "num_beams": 1, "transformers_version": "5.0.0", "custom": [1]}
+    assert json.loads(config.to_json_string()) == config.to_dict()
+    assert config.to_json_string().endswith("}\n")
+    assert GenerationConfig.from_dict(json.loads(config.to_json_string())) == config
+    marked = GenerationConfig.from_model_config(GPT2Config(bos_token_id=None, eos_token_id=[2, 3], pad_token_id=0))
+    assert marked.to_dict() == {"_from_model_config": True, "eos_token_id": [2, 3], "pad_token_id": 0}
+    marked.pad_token_id = 1
+    assert marked.to_dict() == {"eos_token_id": [2, 3], "pad_token_id": 1}
+    with pytest.raises(ValueError, match="to_json_string"):
+        GenerationConfig(to_json_string=1)
 
 
 # ----------------------------------------------------------------------------- encoder-decoder contract
@@ -271,19 +493,48 @@ def test_encoder_decoder_contract(prompt):
     assert model.generate(ids, attention_mask=mask, max_length=3).shape == (3, 3)
 
 
-def test_t5_greedy_equals_transformers(prompt):
+def _t5_pair(**extra):
     t5 = pytest.importorskip("pretrained.models.t5")
     if not t5.T5ForConditionalGeneration.can_generate() or not hasattr(t5.T5ForConditionalGeneration, "generate"):
         pytest.skip("T5ForConditionalGeneration does not mix in GenerationMixin yet")
     kw = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
-              decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+              decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **extra)
     transformers.utils.logging.set_verbosity_error()
     torch.manual_seed(0)
     theirs = transformers.T5ForConditionalGeneration(transformers.T5Config(**kw)).eval()
     ours = t5.T5ForConditionalGeneration(t5.T5Config(**kw)).eval()
     ours.load_state_dict(theirs.state_dict(), strict=False)
+    return ours, theirs
+
+
+def test_t5_greedy_equals_transformers(prompt):
+    ours, theirs = _t5_pair()
     ids, mask = prompt
     ids = ids.flip(1) + 0 * ids                                              # right padding, as encoders take it
     mask = mask.flip(1)
     expected = theirs.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
     assert torch.equal(ours.generate(ids, attention_mask=mask, max_new_tokens=NEW), expected)
+
+
+@pytest.mark.parametrize("options", [dict(repetition_penalty=1.3), dict(min_new_tokens=5),
+                                     dict(repetition_penalty=1.3, min_new_tokens=5), dict(min_length=1 + 5)], ids=str)
+def test_t5_penalty_and_min_length_equal_transformers(prompt, options):
+    """The penalty sees the decoder ids; min_length counts them, start token included."""
+    ours, theirs = _t5_pair(initializer_factor=5.0)                          # varied tokens, not one repeated
+    ids, mask = prompt
+    ids, mask = ids.flip(1), mask.flip(1)
+    plain = theirs.generate(ids[:1], max_new_tokens=NEW, do_sample=False, eos_token_id=VOCAB - 1)
+    eos = int(plain[0, 1 + 2])                                               # the third new token
+    for batch_ids, batch_mask in ((ids[:1], None), (ids, mask)):
+        expected = theirs.generate(batch_ids, attention_mask=batch_mask, max_new_tokens=NEW, do_sample=False,
+                                   eos_token_id=eos, **options)
+        got = ours.generate(batch_ids, attention_mask=batch_mask, max_new_tokens=NEW, eos_token_id=eos, **options)
+        assert torch.equal(got, expected), (got, expected)
+    # the options change the run, so the comparison above can fail
+    assert ours.generate(ids[:1], max_new_tokens=NEW, eos_token_id=eos).shape[1] <= 1 + 3
+    if "min_new_tokens" in options or "min_length" in options:
+        assert ours.generate(ids[:1], max_new_tokens=NEW, eos_token_id=eos, **options).shape[1] >= 1 + 6
+    if "repetition_penalty" in options:
+        free = ours.generate(ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=[])
+        assert not torch.equal(ours.generate(ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=[],
+                                             repetition_penalty=1.3), free)

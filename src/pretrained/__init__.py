@@ -35,6 +35,7 @@ _EXPORTS = {
     "T5EncoderModel": "pretrained.models.t5",
     "T5ForConditionalGeneration": "pretrained.models.t5",
     "DynamicCache": "pretrained.modeling.cache",
+    "GenerationConfig": "pretrained.modeling.generation",
     "GenerationMixin": "pretrained.modeling.generation",
     # auto classes
     "AutoConfig": "pretrained.auto",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import json
 import os
 import re
 import shutil
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from ..configuration import PretrainedConfig
-from ..errors import CheckpointError, RemoteCodeError
+from ..errors import CheckpointError, CheckpointNotFoundError, RemoteCodeError
 from ..loading import (
     LoadReport,
     StateDictSource,
@@ -34,6 +33,7 @@ from ..loading import (
 )
 from ..logging import get_logger, warning_once
 from ..utils import dtype_name, parse_dtype, parse_size
+from .generation import GENERATION_CONFIG_NAME, GenerationConfig
 from .mixin import ModuleUtilsMixin
 
 logger = get_logger(__name__)
@@ -78,6 +78,8 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         self.config = config
         self.name_or_path = config.name_or_path
         self.warnings_issued: Dict[str, bool] = {}
+        # generate()'s defaults; from_pretrained replaces them with the checkpoint's generation_config.json
+        self.generation_config = GenerationConfig.from_model_config(config) if self.can_generate() else None
 
     # ------------------------------------------------------------ attention
     @classmethod
@@ -516,6 +518,8 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         tensor is assigned once (zero-copy from the memory-mapped file when the
         dtype matches), and only tensors the checkpoint lacks are initialised.
         Peak memory stays near one model size whatever ``low_cpu_mem_usage`` says.
+        A model that generates gets ``model.generation_config`` from the
+        checkpoint's ``generation_config.json`` (else from the config's token ids).
 
         Args:
             pretrained_model_name_or_path: folder, weights file, or Hub repo id
@@ -616,6 +620,9 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
                 checkpoint.close()
 
         model.eval()
+        if model.can_generate():
+            model.generation_config = _load_generation_config(
+                config, pretrained_model_name_or_path, checkpoint.resolved.folder if checkpoint else None, hub)
         _log_report(model, report, pretrained_model_name_or_path)
         if output_loading_info:
             return model, report.as_dict()
@@ -636,7 +643,8 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         save_peft_format: bool = True,
         **kwargs: Any,
     ) -> None:
-        """Write ``config.json`` and the weights in the Hugging Face layout, atomically.
+        """Write ``config.json`` (and ``generation_config.json`` from ``self.generation_config``
+        for a model that generates) and the weights in the Hugging Face layout, atomically.
 
         Declared tied weights are stored once; shards follow ``max_shard_size``
         (``"5GB"`` = 5·10⁹ bytes, ``"5GiB"`` = 5·2³⁰); stale weight files of the
@@ -673,8 +681,8 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         if self._auto_class is not None:
             extra_files.update(_custom_code_files(self, config))
         extra_files["config.json"] = config.to_json_string()
-        if self.can_generate():
-            extra_files["generation_config.json"] = _generation_config_json(config)
+        if self.can_generate() and self.generation_config is not None:
+            extra_files[GENERATION_CONFIG_NAME] = self.generation_config.to_json_string()
 
         if state_dict is None:
             state_dict = self.state_dict()
@@ -876,13 +884,25 @@ def deduplicate_shared_tensors(state_dict: Dict[str, torch.Tensor], tied_pattern
     return result
 
 
-def _generation_config_json(config: PretrainedConfig) -> str:
-    data = {"_from_model_config": True}
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
-        value = getattr(config, key, None)
-        if value is not None:
-            data[key] = value
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+def _load_generation_config(config: PretrainedConfig, name_or_path, folder: Optional[str],
+                            hub: Dict[str, Any]) -> GenerationConfig:
+    """``generation_config.json`` of ``folder`` (where the weights came from) or, when that
+    has none, of ``name_or_path`` (a Hub repo id); else the config's token ids.
+
+    A missing file is normal; an unreadable one is logged and skipped.
+    """
+    if name_or_path is not None:
+        local = folder is not None and os.path.isfile(os.path.join(folder, GENERATION_CONFIG_NAME))
+        try:
+            if local:
+                return GenerationConfig.from_pretrained(folder)
+            return GenerationConfig.from_pretrained(name_or_path, **hub)
+        except CheckpointNotFoundError:
+            pass
+        except ValueError as err:  # CheckpointError too
+            logger.warning("Ignoring the generation_config.json of %s (%s); generate() uses the token ids of "
+                           "config.json", name_or_path, err)
+    return GenerationConfig.from_model_config(config)
 
 
 def _custom_code_files(model: PreTrainedModel, config: PretrainedConfig) -> Dict[str, str]:

@@ -5,10 +5,15 @@ V vocabulary.
 
 The loop, as in Transformers: run the prompt once (prefill), then one token per
 step; each step takes the last position's logits in float32, applies the
-logits processors (sampling only: temperature, then top-k, then top-p), picks
-the arg-max or samples, and appends.  With EOS ids, a row that produced one is
-finished: it receives ``pad_token_id`` from then on, and the loop stops when
-every row is finished or ``max_new_tokens`` were produced.
+logits processors (the repetition penalty and the minimum length, then, when
+sampling, temperature, top-k and top-p), picks the arg-max or samples, and
+appends.  With EOS ids, a row that produced one is finished: it receives
+``pad_token_id`` from then on, and the loop stops when every row is finished
+or ``max_new_tokens`` were produced.
+
+Defaults come from ``model.generation_config`` (a :class:`GenerationConfig`,
+read from the checkpoint's ``generation_config.json`` by ``from_pretrained``);
+arguments of ``generate`` override it.
 
 Hook contract — what a model must provide to use :meth:`GenerationMixin.generate`
 -------------------------------------------------------------------------------
@@ -52,26 +57,142 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import inspect
+import json
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from ..configuration import load_config_dict
 from ..logging import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["GenerationMixin", "process_logits"]
+__all__ = ["GenerationConfig", "GenerationMixin", "process_logits"]
 
+GENERATION_CONFIG_NAME = "generation_config.json"
 DEFAULT_MAX_NEW_TOKENS = 20
-# Options of Transformers' generate that this one does not implement: refused, never ignored.
+# Options of Transformers' generate that this one does not implement: refused, never ignored, whether
+# passed to generate or set by a generation config.  A value of None (or an empty list) is neutral too.
 _UNSUPPORTED = {
-    "num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-    "min_new_tokens": 0, "min_length": 0, "return_dict_in_generate": False, "output_scores": False,
+    "num_beams": 1, "num_return_sequences": 1, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
+    "encoder_repetition_penalty": 1.0, "return_dict_in_generate": False, "output_scores": False,
     "assistant_model": None, "streamer": None, "logits_processor": None, "stopping_criteria": None,
-    "generation_config": None, "penalty_alpha": None, "num_beam_groups": 1, "typical_p": 1.0,
+    "penalty_alpha": None, "num_beam_groups": 1, "typical_p": 1.0, "min_p": None, "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0, "forced_bos_token_id": None, "forced_eos_token_id": None, "bad_words_ids": None,
+    "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
+    "exponential_decay_length_penalty": None, "guidance_scale": None, "stop_strings": None, "max_time": None,
 }
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+# Each pair states one limit two ways; whoever sets either one (argument, generation config) sets the limit.
+_LENGTH_PAIRS = (("max_new_tokens", "max_length"), ("min_new_tokens", "min_length"))
+# Used when neither the arguments nor a generation config set them (Transformers' defaults).
+_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50}
+
+
+class GenerationConfig:
+    """The defaults of :meth:`GenerationMixin.generate`, saved as ``generation_config.json``.
+
+    Every key is an attribute.  The fields ``generate`` reads are
+    ``max_new_tokens``, ``max_length``, ``min_new_tokens``, ``min_length``,
+    ``do_sample``, ``temperature``, ``top_k``, ``top_p``,
+    ``repetition_penalty``, ``bos_token_id``, ``eos_token_id``,
+    ``pad_token_id`` and ``decoder_start_token_id``; one that was not set reads
+    as None, and ``generate`` then uses its own default.  Any other key
+    (``transformers_version``, ``use_cache``, ``num_beams``, ...) is kept as
+    an attribute and written back; ``generate`` refuses the options it does
+    not implement when they are set to anything but their neutral value.
+
+    ``_from_model_config`` marks a config that only repeats the model config's
+    token ids (:meth:`from_model_config`, or a file that says so); setting any
+    field clears it, so a modified config is saved without the mark and
+    Transformers then keeps its values.
+
+    Example:
+        >>> from pretrained import GenerationConfig
+        >>> config = GenerationConfig(max_new_tokens=32, repetition_penalty=1.2, eos_token_id=2)
+        >>> config.max_new_tokens, config.top_k
+        (32, None)
+        >>> GenerationConfig.from_dict(config.to_dict()) == config
+        True
+    """
+
+    max_new_tokens = max_length = min_new_tokens = min_length = None
+    do_sample = temperature = top_k = top_p = repetition_penalty = None
+    bos_token_id = eos_token_id = pad_token_id = decoder_start_token_id = None
+    _FIELDS = ("max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample", "temperature",
+               "top_k", "top_p", "repetition_penalty") + _TOKEN_IDS
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Raises ValueError for a key that would hide a method (``to_dict``, ...)."""
+        self.__dict__["_from_model_config"] = bool(kwargs.pop("_from_model_config", False))
+        for key, value in kwargs.items():
+            if key.startswith("_"):          # Transformers' bookkeeping (``_commit_hash``), never written back
+                continue
+            if hasattr(GenerationConfig, key) and key not in self._FIELDS:
+                raise ValueError(f"generation config key {key!r} would hide GenerationConfig.{key}")
+            self.__dict__[key] = value
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if not key.startswith("_"):
+            self.__dict__["_from_model_config"] = False
+        super().__setattr__(key, value)
+
+    @classmethod
+    def from_dict(cls, config_dict: Dict[str, Any], **kwargs: Any) -> "GenerationConfig":
+        """A config holding ``config_dict`` (copied), with ``kwargs`` overriding its values."""
+        if not isinstance(config_dict, dict):
+            raise ValueError(f"a generation config must be a dict, got {type(config_dict).__name__}")
+        return cls(**{**copy.deepcopy(config_dict), **kwargs})
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike],
+                        config_file_name: str = GENERATION_CONFIG_NAME, **kwargs: Any) -> "GenerationConfig":
+        """Read ``generation_config.json`` of a folder or a Hub repo id.
+
+        Args:
+            pretrained_model_name_or_path: the folder (a file inside it works too) or repo id.
+            config_file_name: the file to read.
+            **kwargs: hub options (``cache_dir``, ``revision``, ``token``,
+                ``local_files_only``, ``force_download``, ``subfolder``), then
+                values that override the file's.
+
+        Raises:
+            CheckpointNotFoundError: there is no such file.
+            CheckpointError: it is not a JSON object.
+            ValueError: a key would hide a method.
+        """
+        from ..storage.resolve import HUB_KWARGS, resolve_file
+
+        hub = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
+        path = resolve_file(pretrained_model_name_or_path, config_file_name, **hub)
+        return cls.from_dict(load_config_dict(path), **kwargs)
+
+    @classmethod
+    def from_model_config(cls, model_config: Any) -> "GenerationConfig":
+        """The model config's ``bos``/``eos``/``pad``/``decoder_start`` token ids (those
+        it sets), marked ``_from_model_config``."""
+        ids = {name: copy.deepcopy(getattr(model_config, name, None)) for name in _TOKEN_IDS}
+        return cls(_from_model_config=True, **{name: value for name, value in ids.items() if value is not None})
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The keys that were set (a copy), and ``"_from_model_config": True`` when marked."""
+        out: Dict[str, Any] = {"_from_model_config": True} if self._from_model_config else {}
+        out.update(copy.deepcopy({key: value for key, value in self.__dict__.items() if not key.startswith("_")}))
+        return out
+
+    def to_json_string(self) -> str:
+        """The ``generation_config.json`` text: sorted keys, two-space indent, trailing newline."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GenerationConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
 
 
 def process_logits(
@@ -115,6 +236,41 @@ def _check_sampling(temperature, top_k, top_p) -> None:
         raise ValueError(f"top_k must be a non-negative int, got {top_k!r}")
     if top_p is not None and (not isinstance(top_p, (int, float)) or not 0.0 <= top_p <= 1.0):
         raise ValueError(f"top_p must be a float in [0, 1], got {top_p!r}")
+
+
+def _check_penalties(repetition_penalty, min_new_tokens, min_length) -> None:
+    if repetition_penalty is not None and (not isinstance(repetition_penalty, (int, float))
+                                           or isinstance(repetition_penalty, bool) or not repetition_penalty > 0):
+        raise ValueError(f"repetition_penalty must be a strictly positive float, got {repetition_penalty!r}")
+    for name, value in (("min_new_tokens", min_new_tokens), ("min_length", min_length)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+
+def _penalize_repetitions(scores: Tensor, ids: Tensor, penalty: float, skip: Optional[Tensor] = None) -> Tensor:
+    """Transformers' (CTRL's) repetition penalty.
+
+    Args:
+        scores: (B, V) float logits.
+        ids: (B, L) the sequence so far.
+        penalty: a seen token's positive score is divided by it, a negative one multiplied.
+        skip: (B,) leading positions of each row that do not count (left padding), or None.
+
+    Returns:
+        (B, V) the penalised scores.
+    """
+    vocab = scores.shape[-1]
+    ids = ids.clamp(max=vocab)                                  # ids the head cannot produce: column V, dropped
+    if skip is not None:
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        ids = ids.masked_fill(positions < skip[:, None], vocab)
+    seen = torch.zeros(scores.shape[0], vocab + 1, dtype=torch.bool, device=scores.device)
+    seen = seen.scatter(1, ids, True)[:, :vocab]                                 # (B, V)
+    return torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
+
+
+def _is_neutral(value: Any, neutral: Any) -> bool:
+    return value is None or value == neutral or (isinstance(value, (list, tuple, dict)) and not value)
 
 
 def _as_id_list(value: Union[int, Sequence[int], Tensor, None]) -> Optional[List[int]]:
@@ -176,41 +332,63 @@ class GenerationMixin:
         input_ids: Optional[Tensor] = None,
         attention_mask: Optional[Tensor] = None,
         max_new_tokens: Optional[int] = None,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: Optional[int] = 50,
+        do_sample: Optional[bool] = None,
+        temperature: Optional[float] = None,
+        top_k: Optional[int] = None,
         top_p: Optional[float] = None,
         eos_token_id: Union[int, Sequence[int], None] = None,
         pad_token_id: Optional[int] = None,
         *,
         max_length: Optional[int] = None,
+        min_new_tokens: Optional[int] = None,
+        min_length: Optional[int] = None,
+        repetition_penalty: Optional[float] = None,
+        bos_token_id: Optional[int] = None,
+        decoder_start_token_id: Optional[int] = None,
+        generation_config: Optional[GenerationConfig] = None,
         generator: Optional[torch.Generator] = None,
         use_cache: bool = True,
-        decoder_start_token_id: Optional[int] = None,
         **model_kwargs: Any,
     ) -> Tensor:
         """Continue ``input_ids`` (decoder-only) or decode from them (encoder-decoder).
+
+        Every generation option left as None takes its value from
+        ``generation_config`` (when given), else from ``self.generation_config``
+        (the checkpoint's ``generation_config.json``), else the default below.
 
         Args:
             input_ids: (B, S) prompt (left-padded for a batch of unequal
                 lengths) or encoder input.  ``inputs=`` is accepted too.
             attention_mask: (B, S) of 1/0.  Default: ``input_ids != pad_token_id``
                 when the pad token occurs and differs from EOS, else all ones.
-            max_new_tokens: tokens to add (default 20).  ``max_length`` (the
-                total length, prompt or decoder start included) is used when
-                ``max_new_tokens`` is not given.
-            do_sample: sample from the processed distribution instead of the arg-max.
+            max_new_tokens: tokens to add (default 20).  ``max_length`` is the
+                same limit as a total length, prompt or decoder start included;
+                whichever of the two the arguments set wins over the
+                generation config's (``max_new_tokens`` when both are set).
+            do_sample: sample from the processed distribution instead of the
+                arg-max (default False).
             temperature, top_k, top_p: sampling's logits processors (ignored
                 when ``do_sample`` is False), see :func:`process_logits`.  The
-                defaults are Transformers' (1.0, 50, 1.0): ``top_k=0`` or None
-                samples from the whole vocabulary.
+                defaults are Transformers' (1.0, 50, 1.0): ``top_k=0`` samples
+                from the whole vocabulary.
             eos_token_id: an id or a list; default ``config.eos_token_id``;
                 ``generate(..., eos_token_id=[])`` never stops early.
             pad_token_id: fills finished rows; default ``config.pad_token_id``,
                 else the first EOS id.
+            min_new_tokens / min_length: EOS cannot be picked before that many
+                new tokens / that total length (``max_new_tokens``/``max_length``
+                counting); ``min_new_tokens`` wins when both are set.
+            repetition_penalty: a strictly positive float; above 1 discourages
+                every token already in the sequence (the prompt, left padding
+                excepted, or the decoder ids), see Transformers' CTRL penalty.
+            bos_token_id: starts the sequence when there are no ``input_ids``
+                (decoder-only); default from the config.
+            decoder_start_token_id: encoder-decoder only; default from the
+                config, else ``bos_token_id``.
+            generation_config: a :class:`GenerationConfig` whose set values
+                override ``self.generation_config`` for this call.
             generator: a ``torch.Generator`` for reproducible sampling.
             use_cache: keep keys/values between steps (else recompute all).
-            decoder_start_token_id: encoder-decoder only; default from the config.
             **model_kwargs: passed to ``prepare_inputs_for_generation`` every step.
 
         Returns:
@@ -219,28 +397,31 @@ class GenerationMixin:
             when every row finished).
 
         Raises:
-            ValueError: bad sampling arguments, no input, no decoder start token.
-            NotImplementedError: beam search and other options this loop lacks.
+            ValueError: bad sampling, penalty or length arguments, no input, no
+                decoder start token.
+            TypeError: ``generation_config`` is not a :class:`GenerationConfig`.
+            NotImplementedError: beam search and other options this loop lacks,
+                passed or set by the generation config.
         """
         if input_ids is None:
             input_ids = model_kwargs.pop("inputs", None)
-        for name, neutral in _UNSUPPORTED.items():
-            value = model_kwargs.pop(name, neutral)
-            if value != neutral:
-                raise NotImplementedError(f"generate(): {name}={value!r} is not supported (greedy decoding and "
-                                          "sampling with temperature/top_k/top_p only)")
-        cfg = self.config
+        settings = self._generation_settings(generation_config, model_kwargs, dict(
+            max_new_tokens=max_new_tokens, max_length=max_length, min_new_tokens=min_new_tokens,
+            min_length=min_length, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+            repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id, decoder_start_token_id=decoder_start_token_id))
+        do_sample, penalty = settings["do_sample"], settings.get("repetition_penalty")
+        _check_penalties(penalty, settings.get("min_new_tokens"), settings.get("min_length"))
         if do_sample:
-            _check_sampling(temperature, top_k, top_p)
-        eos = _as_id_list(eos_token_id if eos_token_id is not None else getattr(cfg, "eos_token_id", None))
-        pad = pad_token_id if pad_token_id is not None else getattr(cfg, "pad_token_id", None)
+            _check_sampling(settings["temperature"], settings["top_k"], settings.get("top_p"))
+        eos = _as_id_list(settings["eos_token_id"])
+        pad = settings["pad_token_id"]
         if pad is None and eos:
             pad = eos[0]
         if input_ids is None:
-            bos = getattr(cfg, "bos_token_id", None)
-            if bos is None:
-                raise ValueError("generate() needs input_ids (or a config.bos_token_id to start from)")
-            input_ids = torch.full((1, 1), bos, dtype=torch.long, device=self.device)
+            if settings["bos_token_id"] is None:
+                raise ValueError("generate() needs input_ids (or a bos_token_id to start from)")
+            input_ids = torch.full((1, 1), settings["bos_token_id"], dtype=torch.long, device=self.device)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         batch = input_ids.shape[0]
@@ -248,11 +429,25 @@ class GenerationMixin:
             attention_mask = self._default_attention_mask(input_ids, pad, eos)
 
         past_key_values = model_kwargs.pop("past_key_values", model_kwargs.pop("cache", None))
-        ids, grow_inputs = self._start_generation(input_ids, attention_mask, model_kwargs, decoder_start_token_id)
+        start = settings["decoder_start_token_id"]
+        ids, grow_inputs = self._start_generation(input_ids, attention_mask, model_kwargs,
+                                                  start if start is not None else settings["bos_token_id"])
 
-        if max_new_tokens is None:
-            max_new_tokens = max_length - ids.shape[1] if max_length is not None else DEFAULT_MAX_NEW_TOKENS
-        final_length = ids.shape[1] + max(int(max_new_tokens), 0)
+        prompt_length = ids.shape[1]
+        if settings.get("max_new_tokens") is not None:
+            max_new_tokens = settings["max_new_tokens"]
+        elif settings.get("max_length") is not None:
+            max_new_tokens = settings["max_length"] - prompt_length
+        else:
+            max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+        final_length = prompt_length + max(int(max_new_tokens), 0)
+        if settings.get("min_new_tokens") is not None:
+            min_length = prompt_length + settings["min_new_tokens"]
+        else:
+            min_length = settings.get("min_length") or 0
+        penalize = penalty is not None and penalty != 1.0
+        # Transformers leaves a decoder-only prompt's left padding out of the penalty.
+        skip = (attention_mask != 0).int().argmax(dim=1).to(ids.device) if penalize and grow_inputs else None
         eos_ids = torch.tensor(eos, device=ids.device) if eos else None
         unfinished = torch.ones(batch, dtype=torch.long, device=ids.device)
 
@@ -264,8 +459,14 @@ class GenerationMixin:
                 past_key_values = outputs.past_key_values
             scores = outputs.logits[:, -1, :].to(dtype=torch.float32, device=ids.device, copy=True)   # (B, V)
             del outputs
+            if penalize:
+                scores = _penalize_repetitions(scores, ids, float(penalty), skip)
+            if eos_ids is not None and ids.shape[1] < min_length:
+                vocab = torch.arange(scores.shape[-1], device=scores.device)
+                scores = scores.masked_fill(torch.isin(vocab, eos_ids), -float("inf"))
             if do_sample:
-                scores = process_logits(scores, temperature=temperature, top_k=top_k, top_p=top_p)
+                scores = process_logits(scores, temperature=settings["temperature"], top_k=settings["top_k"],
+                                        top_p=settings.get("top_p"))
                 probs = torch.softmax(scores, dim=-1)
                 next_tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
             else:
@@ -281,28 +482,66 @@ class GenerationMixin:
                     break
         return ids
 
+    def _generation_settings(self, generation_config: Optional[GenerationConfig], model_kwargs: Dict[str, Any],
+                             arguments: Dict[str, Any]) -> Dict[str, Any]:
+        """The options of one ``generate`` call, by precedence: ``arguments`` and the
+        options of ``_UNSUPPORTED`` in ``model_kwargs`` (popped), that are not None;
+        ``generation_config``; ``self.generation_config``; ``_DEFAULTS``, and the model
+        config for the token ids.  A source that sets either value of a length pair
+        (``max_new_tokens``/``max_length``, ``min_new_tokens``/``min_length``)
+        replaces both values of the sources below it.
+
+        Raises:
+            TypeError: ``generation_config`` is not a :class:`GenerationConfig`.
+            NotImplementedError: an option of ``_UNSUPPORTED`` is not neutral.
+        """
+        if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+            raise TypeError(f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}")
+        passed = {name: model_kwargs.pop(name) for name in _UNSUPPORTED if name in model_kwargs}
+        sources = [config.to_dict() for config in (getattr(self, "generation_config", None), generation_config)
+                   if config is not None]
+        sources.append({**passed, **arguments})
+        settings: Dict[str, Any] = {}
+        for source in sources:
+            source = {name: value for name, value in source.items() if value is not None}
+            for pair in _LENGTH_PAIRS:
+                if any(name in source for name in pair):
+                    for name in pair:
+                        settings.pop(name, None)
+            settings.update(source)
+        for name, neutral in _UNSUPPORTED.items():
+            value = settings.get(name)
+            if not _is_neutral(value, neutral):
+                origin = "" if name in passed else f" (set by the generation config; pass {name}={neutral!r})"
+                raise NotImplementedError(f"generate(): {name}={value!r} is not supported{origin}: greedy decoding "
+                                          "and sampling with temperature/top_k/top_p/repetition_penalty only")
+        for name, default in _DEFAULTS.items():
+            settings.setdefault(name, default)
+        for name in _TOKEN_IDS:
+            if settings.get(name) is None:
+                settings[name] = getattr(self.config, name, None)
+        return settings
+
     def _start_generation(self, input_ids: Tensor, attention_mask: Tensor, model_kwargs: Dict[str, Any],
                           decoder_start_token_id: Optional[int]) -> Tuple[Tensor, bool]:
         """The sequence the loop grows, and ``model_kwargs`` filled in (see the hook contract).
 
+        ``decoder_start_token_id`` starts an encoder-decoder's sequence (None: an error).
+
         Returns ``(ids, grow)``: ``grow`` is True when the per-token inputs
         (mask, positions) must gain a column per step (decoder-only).
         """
-        cfg = self.config
         batch = input_ids.shape[0]
-        if getattr(cfg, "is_encoder_decoder", False):
+        if getattr(self.config, "is_encoder_decoder", False):
             encoder_outputs = model_kwargs.pop("encoder_outputs", None)
             if encoder_outputs is None:
                 encoder_outputs = self.get_encoder()(input_ids=input_ids, attention_mask=attention_mask,
                                                      return_dict=True)
             model_kwargs.update(encoder_outputs=encoder_outputs, attention_mask=attention_mask)
-            start = decoder_start_token_id
-            for name in ("decoder_start_token_id", "bos_token_id"):
-                start = start if start is not None else getattr(cfg, name, None)
-            if start is None:
-                raise ValueError("generate() needs decoder_start_token_id (argument or config) for an "
-                                 "encoder-decoder model")
-            ids = torch.full((batch, 1), int(start), dtype=torch.long, device=input_ids.device)
+            if decoder_start_token_id is None:
+                raise ValueError("generate() needs decoder_start_token_id (or bos_token_id; argument, generation "
+                                 "config or config) for an encoder-decoder model")
+            ids = torch.full((batch, 1), int(decoder_start_token_id), dtype=torch.long, device=input_ids.device)
             grow = False
         else:
             ids = input_ids
