@@ -15,9 +15,9 @@ import os
 import re
 import sys
 import types
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Dict, Tuple, Type
 
-from .configuration import CONFIG_NAME, PretrainedConfig
+from .configuration import PretrainedConfig
 from .errors import CheckpointError, RemoteCodeError
 
 # model_type -> (module, config class)

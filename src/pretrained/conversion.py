@@ -18,7 +18,6 @@ import torch
 from .errors import CheckpointError
 from .logging import get_logger
 from .placement.offload import DiskReader, disk_tensor_in
-from .storage import names
 from .storage.checkpoint import Checkpoint
 from .storage.resolve import resolve_checkpoint
 from .storage.writer import LazyTensor, save_checkpoint

@@ -14,15 +14,14 @@ import functools
 import inspect
 import os
 import re
-import shutil
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..configuration import PretrainedConfig
-from ..errors import CheckpointError, CheckpointNotFoundError, RemoteCodeError
+from ..errors import CheckpointNotFoundError
 from ..loading import (
     LoadReport,
     StateDictSource,
@@ -31,7 +30,7 @@ from ..loading import (
     initialize_missing,
     load_weights,
 )
-from ..logging import get_logger, warning_once
+from ..logging import get_logger
 from ..utils import dtype_name, parse_dtype, parse_size
 from .generation import GENERATION_CONFIG_NAME, GenerationConfig
 from .mixin import ModuleUtilsMixin
