@@ -134,3 +134,14 @@ def test_straight_to_gpu_matches_transformers_on_the_gpu(hf_gpt2_dirs, input_ids
     ours = GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["single"], device_map="cuda")
     ids = input_ids.to("cuda:0")
     assert_close(logits(ours, ids), logits(theirs, ids), atol=ATOL)
+
+
+def test_generate_on_the_gpu_matches_transformers(hf_gpt2_dirs, input_ids):
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["single"], device_map="cuda")
+    ours = GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["single"], device_map="cuda")
+    ids = input_ids.to("cuda:0")
+    kwargs = dict(max_new_tokens=8, do_sample=False, repetition_penalty=1.3, min_new_tokens=4, pad_token_id=0)
+    expected = theirs.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    got = ours.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    assert got.device.type == "cuda" and torch.equal(got.cpu(), expected.cpu())
