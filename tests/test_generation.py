@@ -222,7 +222,7 @@ def test_bad_arguments(pair, prompt):
     ours, _ = pair
     ids, _ = prompt
     with pytest.raises(NotImplementedError, match="num_beams"):
-        ours.generate(ids, num_beams=4)
+        ours.generate(ids, num_beams=4, do_sample=True)
     with pytest.raises(ValueError, match="temperature"):
         ours.generate(ids, do_sample=True, temperature=0.0)
     with pytest.raises(ValueError, match="top_p"):
@@ -284,6 +284,122 @@ def test_repetition_penalty_leaves_left_padding_out(pair, prompt):
         real = ids[row:row + 1, mask[row].bool()]
         alone = ours.generate(real, **options)[0, real.shape[1]:]
         assert torch.equal(got[row, 7:7 + len(alone)], alone)
+
+
+# ----------------------------------------------------------------------------- beam search
+
+# Beam search pads a finished hypothesis with pad_token_id.  Transformers 5 fills with `pad_token_id or eos`
+# (a pad id of 0 is falsy there, so it pads with EOS instead): the beam tests pass a non-zero pad id.
+BEAM_PAD = 5
+BEAM_OPTIONS = [dict(num_beams=2), dict(num_beams=4), dict(num_beams=4, length_penalty=0.5),
+                dict(num_beams=4, length_penalty=2.0), dict(num_beams=4, early_stopping=True),
+                dict(num_beams=4, early_stopping=False), dict(num_beams=4, early_stopping="never"),
+                dict(num_beams=2, early_stopping="never"), dict(num_beams=3, early_stopping=True, length_penalty=2.0),
+                dict(num_beams=3, early_stopping="never", length_penalty=-1.0),
+                dict(num_beams=4, num_return_sequences=2),
+                dict(num_beams=4, repetition_penalty=1.3, min_new_tokens=3),
+                dict(num_beams=4, num_return_sequences=3, early_stopping=True, length_penalty=0.5,
+                     repetition_penalty=1.3, min_new_tokens=3)]
+
+
+def _beam_eos(theirs, ids, prompt_length) -> int:
+    """A token of Transformers' 4-beam run on ``ids`` (one row) without EOS that, as EOS, ends one of
+    the 4 hypotheses the run returns early (padded) with ``length_penalty=0.5``: finished hypotheses
+    compete with running beams (with the default 1.0, the tiny GPT-2's long repetitions win)."""
+    options = dict(max_new_tokens=NEW, num_beams=4, do_sample=False, pad_token_id=BEAM_PAD, length_penalty=0.5)
+    plain = theirs.generate(ids, eos_token_id=VOCAB - 1, **options)
+    for step in range(1, NEW // 2):
+        eos = int(plain[0, prompt_length + step])
+        out = theirs.generate(ids, eos_token_id=eos, num_return_sequences=4, **options)
+        if bool((out[:, -1] == BEAM_PAD).any()):
+            return eos
+    raise AssertionError("no token of the beam run ends a hypothesis early")
+
+
+def _check_beam_search(ours, theirs, batches, eos, options):
+    for batch_ids, batch_mask in batches:
+        for eos_ids in (eos, [eos, VOCAB - 1]):
+            kwargs = dict(attention_mask=batch_mask, max_new_tokens=NEW, do_sample=False, eos_token_id=eos_ids,
+                          pad_token_id=BEAM_PAD, **options)
+            expected = theirs.generate(batch_ids, **kwargs)
+            got = ours.generate(batch_ids, **kwargs)
+            assert torch.equal(got, expected), (got, expected)
+            assert got.shape[0] == batch_ids.shape[0] * options.get("num_return_sequences", 1)
+            assert torch.equal(ours.generate(batch_ids, use_cache=False, **kwargs), got)
+
+
+@pytest.mark.parametrize("options", BEAM_OPTIONS, ids=str)
+def test_beam_search_equals_transformers(pair, prompt, options):
+    """One row, then a left-padded batch of 2 (2 and 4 pads); EOS ends some beams early."""
+    ours, theirs = pair
+    ids, mask = prompt
+    eos = _beam_eos(theirs, ids[:1], 7)
+    _check_beam_search(ours, theirs, ((ids[:1], None), (ids[1:], mask[1:])), eos, options)
+
+
+def test_beam_search_finishes_hypotheses_early(pair, prompt):
+    """The EOS of the tests above ends a returned hypothesis early: EOS, then padding; the returned
+    hypotheses differ from each other, and beam search from greedy decoding."""
+    ours, theirs = pair
+    ids, mask = prompt
+    eos = _beam_eos(theirs, ids[:1], 7)
+    out = ours.generate(ids[:1], max_new_tokens=NEW, num_beams=4, num_return_sequences=4, eos_token_id=eos,
+                        pad_token_id=BEAM_PAD, length_penalty=0.5)
+    short = [row[7:].tolist() for row in out if row[-1] == BEAM_PAD]
+    assert short and all(eos in row and set(row[row.index(eos) + 1:]) == {BEAM_PAD} for row in short)
+    assert len({tuple(row.tolist()) for row in out}) == 4
+    # the early_stopping modes end the search at different points (options of the tests above, same inputs)
+    def differ(options, other):
+        return any(not torch.equal(ours.generate(x, attention_mask=m, **common, **options),
+                                   ours.generate(x, attention_mask=m, **common, **other))
+                   for x, m in ((ids[:1], None), (ids[1:], mask[1:])))
+
+    common = dict(max_new_tokens=NEW, eos_token_id=eos, pad_token_id=BEAM_PAD)
+    assert differ(dict(num_beams=2, early_stopping=False), dict(num_beams=2, early_stopping="never"))
+    assert differ(dict(num_beams=3, length_penalty=2.0, early_stopping=False),
+                  dict(num_beams=3, length_penalty=2.0, early_stopping=True))
+    free = ours.generate(ids, attention_mask=mask, max_new_tokens=NEW, num_beams=4, eos_token_id=[])
+    assert free.shape == (3, 7 + NEW)
+    assert not torch.equal(free, ours.generate(ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=[]))
+
+
+def test_beam_search_repetition_penalty_leaves_left_padding_out(pair, prompt):
+    """Each beam leaves its row's left padding out of the penalty, with a pad id the model likes."""
+    ours, theirs = pair
+    raw, mask = prompt
+    pad = int(ours.generate(raw[2:, 4:], max_new_tokens=1, eos_token_id=[])[0, -1])
+    ids = raw.masked_fill(mask == 0, pad)
+    for beams in (2, 4):
+        options = dict(max_new_tokens=NEW, eos_token_id=VOCAB - 1, pad_token_id=BEAM_PAD, repetition_penalty=1.3,
+                       num_beams=beams, do_sample=False)
+        assert torch.equal(ours.generate(ids, attention_mask=mask, **options),
+                           theirs.generate(ids, attention_mask=mask, **options))
+
+
+def test_beam_search_arguments(pair, prompt):
+    ours, _ = pair
+    ids, _ = prompt
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        ours.generate(ids, num_beams=2, num_return_sequences=3)
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        ours.generate(ids, num_return_sequences=2)                                     # greedy: one sequence
+    for name, value in (("num_beams", 0), ("num_beams", 2.0), ("early_stopping", "sometimes"),
+                        ("length_penalty", "long")):
+        with pytest.raises(ValueError, match=name):
+            ours.generate(ids, **{"num_beams": 2, name: value})
+    for options in (dict(num_beams=2, do_sample=True), dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0),
+                    dict(num_beams=2, force_words_ids=[[5]])):
+        with pytest.raises(NotImplementedError):
+            ours.generate(ids, **options)
+    with pytest.raises(NotImplementedError, match="past_key_values"):
+        ours.generate(ids, num_beams=2, past_key_values=ours(ids[:, :2], use_cache=True).past_key_values)
+    # a generation config drives beam search as the arguments do
+    kwargs = dict(max_new_tokens=6, eos_token_id=[])
+    config = GenerationConfig(num_beams=3, num_return_sequences=2, length_penalty=0.5, early_stopping=True)
+    assert torch.equal(ours.generate(ids, generation_config=config, **kwargs),
+                       ours.generate(ids, num_beams=3, num_return_sequences=2, length_penalty=0.5, early_stopping=True,
+                                     **kwargs))
+    assert ours.generate(ids, max_new_tokens=0, num_beams=3, num_return_sequences=2).shape == (6, 7)
 
 
 # ----------------------------------------------------------------------------- generation config
@@ -418,10 +534,10 @@ def test_bad_or_unsupported_values_from_the_generation_config(pair, prompt):
         with pytest.raises(ValueError, match="repetition_penalty"):
             ours.generate(ids)
         assert ours.generate(ids, max_new_tokens=2, repetition_penalty=1.3).shape == (3, 7 + 2)
-        ours.generation_config = GenerationConfig(num_beams=4, no_repeat_ngram_size=0, bad_words_ids=[])
-        with pytest.raises(NotImplementedError, match="num_beams=4 .*generation config"):
+        ours.generation_config = GenerationConfig(num_beam_groups=2, no_repeat_ngram_size=0, bad_words_ids=[])
+        with pytest.raises(NotImplementedError, match="num_beam_groups=2 .*generation config"):
             ours.generate(ids)
-        assert ours.generate(ids, max_new_tokens=2, num_beams=1).shape == (3, 7 + 2)
+        assert ours.generate(ids, max_new_tokens=2, num_beam_groups=1).shape == (3, 7 + 2)
     finally:
         ours.generation_config = saved
 
@@ -538,3 +654,13 @@ def test_t5_penalty_and_min_length_equal_transformers(prompt, options):
         free = ours.generate(ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=[])
         assert not torch.equal(ours.generate(ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=[],
                                              repetition_penalty=1.3), free)
+
+
+@pytest.mark.parametrize("options", BEAM_OPTIONS, ids=str)
+def test_t5_beam_search_equals_transformers(prompt, options):
+    """The encoder runs once; its output and mask are repeated per beam."""
+    ours, theirs = _t5_pair(initializer_factor=5.0)
+    ids, mask = prompt
+    ids, mask = ids.flip(1), mask.flip(1)
+    eos = _beam_eos(theirs, ids[:1], 1)
+    _check_beam_search(ours, theirs, ((ids[:1], None), (ids, mask)), eos, options)

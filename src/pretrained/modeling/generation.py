@@ -1,4 +1,4 @@
-"""`GenerationMixin.generate`: greedy decoding and sampling with a key/value cache.
+"""`GenerationMixin.generate`: greedy decoding, sampling and beam search with a key/value cache.
 
 Shape notation: B batch, S prompt length, L length so far (prompt + new tokens),
 V vocabulary.
@@ -9,7 +9,8 @@ logits processors (the repetition penalty and the minimum length, then, when
 sampling, temperature, top-k and top-p), picks the arg-max or samples, and
 appends.  With EOS ids, a row that produced one is finished: it receives
 ``pad_token_id`` from then on, and the loop stops when every row is finished
-or ``max_new_tokens`` were produced.
+or ``max_new_tokens`` were produced.  Beam search (``num_beams > 1``) keeps
+several continuations per row instead, see :meth:`GenerationMixin._beam_search`.
 
 Defaults come from ``model.generation_config`` (a :class:`GenerationConfig`,
 read from the checkpoint's ``generation_config.json`` by ``from_pretrained``);
@@ -68,6 +69,7 @@ from torch import Tensor
 
 from ..configuration import load_config_dict
 from ..logging import get_logger
+from .outputs import ModelOutput
 
 logger = get_logger(__name__)
 
@@ -78,19 +80,21 @@ DEFAULT_MAX_NEW_TOKENS = 20
 # Options of Transformers' generate that this one does not implement: refused, never ignored, whether
 # passed to generate or set by a generation config.  A value of None (or an empty list) is neutral too.
 _UNSUPPORTED = {
-    "num_beams": 1, "num_return_sequences": 1, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
+    "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
     "encoder_repetition_penalty": 1.0, "return_dict_in_generate": False, "output_scores": False,
     "assistant_model": None, "streamer": None, "logits_processor": None, "stopping_criteria": None,
     "penalty_alpha": None, "num_beam_groups": 1, "typical_p": 1.0, "min_p": None, "epsilon_cutoff": 0.0,
     "eta_cutoff": 0.0, "forced_bos_token_id": None, "forced_eos_token_id": None, "bad_words_ids": None,
     "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
     "exponential_decay_length_penalty": None, "guidance_scale": None, "stop_strings": None, "max_time": None,
+    "diversity_penalty": 0.0, "constraints": None, "force_words_ids": None,
 }
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 # Each pair states one limit two ways; whoever sets either one (argument, generation config) sets the limit.
 _LENGTH_PAIRS = (("max_new_tokens", "max_length"), ("min_new_tokens", "min_length"))
 # Used when neither the arguments nor a generation config set them (Transformers' defaults).
-_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50}
+_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "num_beams": 1, "num_return_sequences": 1,
+             "length_penalty": 1.0, "early_stopping": False}
 
 
 class GenerationConfig:
@@ -99,10 +103,11 @@ class GenerationConfig:
     Every key is an attribute.  The fields ``generate`` reads are
     ``max_new_tokens``, ``max_length``, ``min_new_tokens``, ``min_length``,
     ``do_sample``, ``temperature``, ``top_k``, ``top_p``,
-    ``repetition_penalty``, ``bos_token_id``, ``eos_token_id``,
+    ``repetition_penalty``, ``num_beams``, ``num_return_sequences``,
+    ``length_penalty``, ``early_stopping``, ``bos_token_id``, ``eos_token_id``,
     ``pad_token_id`` and ``decoder_start_token_id``; one that was not set reads
     as None, and ``generate`` then uses its own default.  Any other key
-    (``transformers_version``, ``use_cache``, ``num_beams``, ...) is kept as
+    (``transformers_version``, ``use_cache``, ``num_beam_groups``, ...) is kept as
     an attribute and written back; ``generate`` refuses the options it does
     not implement when they are set to anything but their neutral value.
 
@@ -122,9 +127,11 @@ class GenerationConfig:
 
     max_new_tokens = max_length = min_new_tokens = min_length = None
     do_sample = temperature = top_k = top_p = repetition_penalty = None
+    num_beams = num_return_sequences = length_penalty = early_stopping = None
     bos_token_id = eos_token_id = pad_token_id = decoder_start_token_id = None
     _FIELDS = ("max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample", "temperature",
-               "top_k", "top_p", "repetition_penalty") + _TOKEN_IDS
+               "top_k", "top_p", "repetition_penalty", "num_beams", "num_return_sequences", "length_penalty",
+               "early_stopping") + _TOKEN_IDS
 
     def __init__(self, **kwargs: Any) -> None:
         """Raises ValueError for a key that would hide a method (``to_dict``, ...)."""
@@ -247,6 +254,45 @@ def _check_penalties(repetition_penalty, min_new_tokens, min_length) -> None:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
 
 
+def _check_beams(num_beams, num_return_sequences, length_penalty, early_stopping, do_sample) -> None:
+    for name, value in (("num_beams", num_beams), ("num_return_sequences", num_return_sequences)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if do_sample and (num_beams > 1 or num_return_sequences > 1):
+        raise NotImplementedError(f"generate(): do_sample=True with num_beams={num_beams}, num_return_sequences="
+                                  f"{num_return_sequences} (beam sampling, several samples) is not supported; "
+                                  "beam search is deterministic only (do_sample=False)")
+    if num_return_sequences > num_beams:
+        raise ValueError(f"num_return_sequences ({num_return_sequences}) must be <= num_beams ({num_beams}): "
+                         "beam search returns some of its beams, greedy decoding one sequence")
+    if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool):
+        raise ValueError(f"length_penalty must be a float, got {length_penalty!r}")
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+
+
+def _apply_processors(scores: Tensor, ids: Tensor, penalty: Optional[float], skip: Optional[Tensor],
+                      eos_ids: Optional[Tensor], min_length: int) -> Tensor:
+    """The repetition penalty (``penalty`` None: none), then EOS forbidden while ``ids`` is
+    shorter than ``min_length``.  ``scores`` (B, V): logits, or log-probabilities in beam search."""
+    if penalty is not None:
+        scores = _penalize_repetitions(scores, ids, penalty, skip)
+    if eos_ids is not None and ids.shape[1] < min_length:
+        vocab = torch.arange(scores.shape[-1], device=scores.device)
+        scores = scores.masked_fill(torch.isin(vocab, eos_ids), -float("inf"))
+    return scores
+
+
+def _repeat_rows(value: Any, times: int) -> Any:
+    """Each row of a tensor (or of each tensor field of a model output) repeated ``times`` times
+    in place (row b becomes rows b*times ... b*times + times-1); anything else unchanged."""
+    if isinstance(value, Tensor) and value.dim() > 0:
+        return value.repeat_interleave(times, dim=0)
+    if isinstance(value, ModelOutput):
+        return type(value)(**{key: _repeat_rows(field, times) for key, field in value.items()})
+    return value
+
+
 def _penalize_repetitions(scores: Tensor, ids: Tensor, penalty: float, skip: Optional[Tensor] = None) -> Tensor:
     """Transformers' (CTRL's) repetition penalty.
 
@@ -343,6 +389,10 @@ class GenerationMixin:
         min_new_tokens: Optional[int] = None,
         min_length: Optional[int] = None,
         repetition_penalty: Optional[float] = None,
+        num_beams: Optional[int] = None,
+        num_return_sequences: Optional[int] = None,
+        length_penalty: Optional[float] = None,
+        early_stopping: Union[bool, str, None] = None,
         bos_token_id: Optional[int] = None,
         decoder_start_token_id: Optional[int] = None,
         generation_config: Optional[GenerationConfig] = None,
@@ -381,6 +431,19 @@ class GenerationMixin:
             repetition_penalty: a strictly positive float; above 1 discourages
                 every token already in the sequence (the prompt, left padding
                 excepted, or the decoder ids), see Transformers' CTRL penalty.
+            num_beams: above 1, deterministic beam search (``do_sample`` must be
+                False); default 1.  The processors above then act on each beam's
+                log-probabilities, as in Transformers.
+            num_return_sequences: how many of each row's best hypotheses beam
+                search returns, best first (at most ``num_beams``); default 1.
+            length_penalty: a finished hypothesis scores ``sum_logprobs /
+                generated_length ** length_penalty`` (default 1.0; above 0
+                favours longer ones, below 0 shorter ones).
+            early_stopping: when beam search stops taking hypotheses: False
+                (default) once no running beam can beat the worst one at the
+                current length, True also once a row holds ``num_beams``,
+                ``"never"`` judging with the longest possible length when
+                ``length_penalty > 0``.
             bos_token_id: starts the sequence when there are no ``input_ids``
                 (decoder-only); default from the config.
             decoder_start_token_id: encoder-decoder only; default from the
@@ -394,24 +457,31 @@ class GenerationMixin:
         Returns:
             (B, S + n) ids, prompt first (decoder-only); (B, 1 + n) decoder ids,
             start token first (encoder-decoder); n <= ``max_new_tokens`` (fewer
-            when every row finished).
+            when every row finished).  Beam search returns
+            ``num_return_sequences`` rows per input row, one after the other,
+            hypotheses that ended early padded with ``pad_token_id``.
 
         Raises:
-            ValueError: bad sampling, penalty or length arguments, no input, no
-                decoder start token.
+            ValueError: bad sampling, penalty, beam or length arguments
+                (``num_return_sequences > num_beams``), no input, no decoder
+                start token.
             TypeError: ``generation_config`` is not a :class:`GenerationConfig`.
-            NotImplementedError: beam search and other options this loop lacks,
-                passed or set by the generation config.
+            NotImplementedError: beam sampling, group/diverse/constrained beam
+                search, ``past_key_values`` with beam search, and other options
+                this implementation lacks, passed or set by the generation config.
         """
         if input_ids is None:
             input_ids = model_kwargs.pop("inputs", None)
         settings = self._generation_settings(generation_config, model_kwargs, dict(
             max_new_tokens=max_new_tokens, max_length=max_length, min_new_tokens=min_new_tokens,
             min_length=min_length, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-            repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-            bos_token_id=bos_token_id, decoder_start_token_id=decoder_start_token_id))
+            repetition_penalty=repetition_penalty, num_beams=num_beams, num_return_sequences=num_return_sequences,
+            length_penalty=length_penalty, early_stopping=early_stopping, eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id, bos_token_id=bos_token_id, decoder_start_token_id=decoder_start_token_id))
         do_sample, penalty = settings["do_sample"], settings.get("repetition_penalty")
         _check_penalties(penalty, settings.get("min_new_tokens"), settings.get("min_length"))
+        _check_beams(settings["num_beams"], settings["num_return_sequences"], settings["length_penalty"],
+                     settings["early_stopping"], do_sample)
         if do_sample:
             _check_sampling(settings["temperature"], settings["top_k"], settings.get("top_p"))
         eos = _as_id_list(settings["eos_token_id"])
@@ -445,10 +515,19 @@ class GenerationMixin:
             min_length = prompt_length + settings["min_new_tokens"]
         else:
             min_length = settings.get("min_length") or 0
-        penalize = penalty is not None and penalty != 1.0
+        penalty = float(penalty) if penalty is not None and penalty != 1.0 else None
         # Transformers leaves a decoder-only prompt's left padding out of the penalty.
-        skip = (attention_mask != 0).int().argmax(dim=1).to(ids.device) if penalize and grow_inputs else None
+        skip = (attention_mask != 0).int().argmax(dim=1).to(ids.device) if penalty and grow_inputs else None
         eos_ids = torch.tensor(eos, device=ids.device) if eos else None
+        if settings["num_beams"] > 1:
+            if past_key_values is not None:
+                raise NotImplementedError("generate(): beam search starts from an empty cache; "
+                                          "past_key_values cannot be passed")
+            return self._beam_search(
+                ids, model_kwargs, grow_inputs=grow_inputs, use_cache=use_cache, final_length=final_length,
+                num_beams=settings["num_beams"], num_return_sequences=settings["num_return_sequences"],
+                length_penalty=settings["length_penalty"], early_stopping=settings["early_stopping"],
+                eos_ids=eos_ids, pad=pad, processors=dict(penalty=penalty, skip=skip, min_length=min_length))
         unfinished = torch.ones(batch, dtype=torch.long, device=ids.device)
 
         while ids.shape[1] < final_length:
@@ -459,11 +538,7 @@ class GenerationMixin:
                 past_key_values = outputs.past_key_values
             scores = outputs.logits[:, -1, :].to(dtype=torch.float32, device=ids.device, copy=True)   # (B, V)
             del outputs
-            if penalize:
-                scores = _penalize_repetitions(scores, ids, float(penalty), skip)
-            if eos_ids is not None and ids.shape[1] < min_length:
-                vocab = torch.arange(scores.shape[-1], device=scores.device)
-                scores = scores.masked_fill(torch.isin(vocab, eos_ids), -float("inf"))
+            scores = _apply_processors(scores, ids, penalty, skip, eos_ids, min_length)
             if do_sample:
                 scores = process_logits(scores, temperature=settings["temperature"], top_k=settings["top_k"],
                                         top_p=settings.get("top_p"))
@@ -481,6 +556,119 @@ class GenerationMixin:
                 if not bool(unfinished.any()):
                     break
         return ids
+
+    def _beam_search(self, ids: Tensor, model_kwargs: Dict[str, Any], *, grow_inputs: bool, use_cache: bool,
+                     final_length: int, num_beams: int, num_return_sequences: int, length_penalty: float,
+                     early_stopping: Union[bool, str], eos_ids: Optional[Tensor], pad: Optional[int],
+                     processors: Dict[str, Any]) -> Tensor:
+        """Deterministic beam search, with Transformers' (vectorised, 5.x) rules.
+
+        Each row of ``ids`` (B, S) becomes K = ``num_beams`` beams; ``model_kwargs``
+        (from :meth:`_start_generation`) and the penalty's ``skip`` are repeated per
+        beam, an encoder's output included.  Only beam 0 starts live (the others
+        score -1e9).  Each step: log-softmax of the last logits, the processors
+        (:func:`_apply_processors` on log-probabilities), plus each beam's running
+        sum; the best ``max(2, 1 + n_eos) * K`` continuations of the K * V of a row
+        are kept.  Those that end (an EOS id, or ``final_length`` reached) score
+        ``sum_logprobs / generated_length ** length_penalty`` and join the row's K
+        finished hypotheses when among the first K continuations and better than
+        the worst one; the best K others run on (the cache is reordered to them).
+
+        A row takes no more hypotheses once it cannot improve: its best running
+        beam, scored with the current generated length (with ``final_length``'s
+        when ``early_stopping="never"`` and ``length_penalty > 0``), is no better
+        than its worst hypothesis; with ``early_stopping=True`` also once it
+        holds K hypotheses.  The search ends when no row can improve, every
+        continuation ended, or (``early_stopping=True``) every row is full.
+
+        Returns:
+            (B * ``num_return_sequences``, S + n): each row's best hypotheses, best
+            first, padded after their end with ``pad`` (Transformers 5 pads with
+            EOS instead when ``pad`` is 0); n is the longest returned
+            hypothesis' generated length.
+        """
+        batch, prompt_length = ids.shape
+        if final_length <= prompt_length:
+            return ids.repeat_interleave(num_return_sequences, dim=0)
+        device, beams = ids.device, num_beams
+        keep = max(2, 1 + (len(eos_ids) if eos_ids is not None else 0)) * beams
+        for key, value in model_kwargs.items():
+            model_kwargs[key] = _repeat_rows(value, beams)
+        processors = {**processors, "skip": _repeat_rows(processors["skip"], beams)}
+        fill = pad if pad is not None else 0        # pad is None only without EOS ids: then the fill never shows
+
+        running = torch.full((batch, beams, final_length), fill, dtype=torch.long, device=device)
+        running[:, :, :prompt_length] = ids[:, None, :]
+        running_scores = torch.zeros(batch, beams, device=device)
+        running_scores[:, 1:] = -1e9
+        finished, finished_scores = running.clone(), torch.full((batch, beams), -1e9, device=device)
+        finished_lengths = torch.zeros(batch, beams, dtype=torch.long, device=device)  # generated tokens
+        is_finished = torch.zeros(batch, beams, dtype=torch.bool, device=device)
+        improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
+        first_k = torch.arange(keep, device=device) < beams                                  # (keep,)
+        row_offsets = torch.arange(batch, device=device)[:, None] * beams
+        past_key_values, length = None, prompt_length
+
+        def take(tensor: Tensor, index: Tensor) -> Tensor:          # tensor (B, N, ...), index (B, M)
+            return tensor.take_along_dim(index.view(*index.shape, *([1] * (tensor.dim() - 2))), dim=1)
+
+        while True:
+            flat = running[:, :, :length].reshape(batch * beams, length)                      # (B*K, L)
+            inputs = self.prepare_inputs_for_generation(flat, past_key_values=past_key_values, use_cache=use_cache,
+                                                        **model_kwargs)
+            outputs = self(**inputs, return_dict=True)
+            if use_cache:
+                past_key_values = outputs.past_key_values
+            logits = outputs.logits[:, -1, :].to(dtype=torch.float32, device=device, copy=True)     # (B*K, V)
+            del outputs
+            log_probs = _apply_processors(torch.log_softmax(logits, dim=-1), flat, eos_ids=eos_ids, **processors)
+            vocab = log_probs.shape[-1]
+            totals = (log_probs.view(batch, beams, vocab) + running_scores[:, :, None]).view(batch, beams * vocab)
+            top_scores, top_index = torch.topk(totals, keep)                                     # (B, keep)
+            parents, tokens = top_index // vocab, top_index % vocab
+            candidates = take(running, parents)
+            candidates[:, :, length] = tokens
+            ended = torch.full_like(tokens, length + 1 >= final_length, dtype=torch.bool)
+            if eos_ids is not None:
+                ended = ended | torch.isin(tokens, eos_ids)
+
+            # the best K continuations that did not end run on
+            live_scores = top_scores + ended.float() * -1e9
+            chosen = torch.topk(live_scores, beams)[1]
+            running, running_scores = take(candidates, chosen), take(live_scores, chosen)
+            parents = take(parents, chosen)
+
+            # ended continuations among the first K compete with the row's hypotheses
+            new = ended & first_k
+            scores = top_scores / ((length + 1 - prompt_length) ** length_penalty)
+            scores += (is_finished.all(dim=-1, keepdim=True) & (early_stopping is True)).float() * -1e9
+            scores += (~improvable).float() * -1e9
+            scores += (~new).float() * -1e9
+            merged_scores = torch.cat([finished_scores, scores], dim=1)
+            best = torch.topk(merged_scores, beams)[1]
+            finished = take(torch.cat([finished, candidates], dim=1), best)
+            finished_scores = take(merged_scores, best)
+            finished_lengths = take(torch.cat([finished_lengths, torch.full_like(tokens, length + 1 - prompt_length)],
+                                              dim=1), best)
+            is_finished = take(torch.cat([is_finished, new], dim=1), best)
+
+            if past_key_values is not None:
+                past_key_values.reorder_cache((parents + row_offsets).flatten())
+            if grow_inputs:
+                self._grow_inputs(model_kwargs)
+            length += 1
+            if early_stopping == "never" and length_penalty > 0:
+                best_length = final_length - prompt_length
+            else:
+                best_length = length - prompt_length
+            best_running = running_scores[:, :1] / (best_length ** length_penalty)
+            worst = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True)[0], -1e9)
+            improvable = improvable & (best_running > worst).any(dim=-1, keepdim=True)
+            if not bool(improvable.any()) or bool(ended.all()) or (early_stopping is True and bool(is_finished.all())):
+                break
+
+        finished = finished[:, :num_return_sequences].reshape(batch * num_return_sequences, final_length)
+        return finished[:, :prompt_length + int(finished_lengths[:, :num_return_sequences].max())]
 
     def _generation_settings(self, generation_config: Optional[GenerationConfig], model_kwargs: Dict[str, Any],
                              arguments: Dict[str, Any]) -> Dict[str, Any]:
@@ -513,8 +701,9 @@ class GenerationMixin:
             value = settings.get(name)
             if not _is_neutral(value, neutral):
                 origin = "" if name in passed else f" (set by the generation config; pass {name}={neutral!r})"
-                raise NotImplementedError(f"generate(): {name}={value!r} is not supported{origin}: greedy decoding "
-                                          "and sampling with temperature/top_k/top_p/repetition_penalty only")
+                raise NotImplementedError(f"generate(): {name}={value!r} is not supported{origin}: greedy decoding, "
+                                          "sampling with temperature/top_k/top_p/repetition_penalty and "
+                                          "deterministic beam search only")
         for name, default in _DEFAULTS.items():
             settings.setdefault(name, default)
         for name in _TOKEN_IDS:
