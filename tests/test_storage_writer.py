@@ -278,7 +278,8 @@ def test_fallback_writes_the_commit_file_last(tmp_path, monkeypatch):
     monkeypatch.setattr(writer, "_exchange", lambda a, b: (_ for _ in ()).throw(OSError(errno.ENOSYS, "no")))
     moved = []
     real = writer._move_into
-    monkeypatch.setattr(writer, "_move_into", lambda src, dst: (moved.append(os.path.basename(dst)), real(src, dst)))
+    monkeypatch.setattr(writer, "_move_into",
+                        lambda src, dst, sync: (moved.append(os.path.basename(dst)), real(src, dst, sync)))
     folder = tmp_path / "ck"
     save_checkpoint(folder, state(4))  # new folder: plain rename, nothing moved
     assert moved == []

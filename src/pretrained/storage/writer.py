@@ -302,8 +302,9 @@ def _exchange(first: str, second: str) -> None:
         raise OSError(code, os.strerror(code), second)
 
 
-def _move_into(src: str, dst: str) -> None:
-    """``os.replace`` that also works when ``dst`` is on another file system."""
+def _move_into(src: str, dst: str, sync: "_Syncer") -> None:
+    """``os.replace`` that also works when ``dst`` is on another file system (where the
+    copy is fsync'ed before it is renamed into place, when the save is durable)."""
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     try:
         os.replace(src, dst)
@@ -312,6 +313,8 @@ def _move_into(src: str, dst: str) -> None:
             raise
         staging = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}{_TMP_MARK}{secrets.token_hex(4)}")
         shutil.copy2(src, staging)
+        if sync.durable:
+            _fsync_path(staging)
         os.replace(staging, dst)
 
 
@@ -323,7 +326,7 @@ def _replace_one_by_one(temp: str, target: str, written: list[str], commit: str,
             path = os.path.join(target, *name.split("/"))
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
-            _move_into(os.path.join(temp, *name.split("/")), path)
+            _move_into(os.path.join(temp, *name.split("/")), path, sync)
         for entry in os.listdir(target):
             if names.is_family_file(entry, fmt, variant) and entry not in written:
                 os.unlink(os.path.join(target, entry))
