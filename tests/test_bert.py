@@ -39,7 +39,9 @@ def reference(kwargs):
     sdpa = transformers.BertForMaskedLM(transformers.BertConfig(**kwargs, attn_implementation="sdpa")).eval()
     sdpa.load_state_dict(eager.state_dict())
     base = transformers.BertModel(transformers.BertConfig(**kwargs, attn_implementation="eager")).eval()
-    base.load_state_dict(eager.bert.state_dict(), strict=False)  # keeps its own pooler
+    result = base.load_state_dict(eager.bert.state_dict(), strict=False)  # the MLM body has no pooler
+    assert sorted(result.missing_keys) == ["pooler.dense.bias", "pooler.dense.weight"], result
+    assert not result.unexpected_keys, result
     return {"eager": eager, "sdpa": sdpa, "base": base}
 
 

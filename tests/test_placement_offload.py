@@ -213,8 +213,6 @@ def test_greedy_decoding_under_disk_offload(hf_gpt2_dirs, gpt2_reference, input_
 
 
 def test_generate_under_disk_offload(hf_gpt2_dirs, gpt2_reference, input_ids):
-    if not hasattr(GPT2LMHeadModel, "generate"):
-        pytest.skip("GPT2LMHeadModel.generate is not written yet")
     reference = gpt2_reference[0]
     model = GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["single"], device_map="auto",
                                             max_memory={"cpu": model_bytes(reference) // 2})
@@ -248,9 +246,8 @@ def test_tied_llama_generates_under_disk_offload(tied_llama_dir, input_ids, devi
     assert "disk" in model.hf_device_map.values()
     assert_close(logits(model, input_ids), logits(whole, input_ids), atol=ATOL)
     assert torch.equal(greedy(model, input_ids, 5, use_cache=True), greedy(whole, input_ids, 5, use_cache=True))
-    if hasattr(model, "generate"):
-        expected = whole.generate(input_ids, max_new_tokens=5, do_sample=False)
-        assert torch.equal(model.generate(input_ids, max_new_tokens=5, do_sample=False), expected)
+    expected = whole.generate(input_ids, max_new_tokens=5, do_sample=False)
+    assert torch.equal(model.generate(input_ids, max_new_tokens=5, do_sample=False), expected)
 
 
 # --------------------------------------------------------------------------- dtypes and .bin checkpoints

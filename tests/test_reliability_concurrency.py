@@ -131,10 +131,9 @@ def test_a_folder_that_keeps_changing_gives_up_with_a_documented_error(tmp_path,
         return result
 
     monkeypatch.setattr(checkpoint_module, "parse_index", always_save)
-    start = time.perf_counter()
     with pytest.raises(PretrainedError, match="disappeared|changing"):
         Checkpoint(resolve_checkpoint(tmp_path / "ck"))
-    assert next(versions) == 2 + checkpoint_module._OPEN_ATTEMPTS and time.perf_counter() - start < 10
+    assert next(versions) == 2 + checkpoint_module._OPEN_ATTEMPTS
 
 
 # --------------------------------------------------------------------------- processes

@@ -714,16 +714,15 @@ HUGE_CLAIMS = {
 def test_huge_claims_allocate_nothing(tmp_path, claim):
     path = tmp_path / "model.safetensors"
     HUGE_CLAIMS[claim](path)
-    rss = psutil.Process().memory_info().rss
     tracemalloc.start()
     try:
+        # The address-space cap makes any real allocation of the claimed size fail loudly.
         with address_space_headroom(256 << 20), pytest.raises(PretrainedError):
             load_safetensors(path)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 2_000_000, f"{claim}: Python allocated {peak} bytes"
-    assert psutil.Process().memory_info().rss - rss < 64 << 20
 
 
 def _sparse_file(path, header: dict, size: int) -> None:
@@ -750,8 +749,7 @@ def test_terabyte_checkpoint_in_a_sparse_file_is_mapped_not_read(tmp_path):
     _sparse_file(path, {f"w{i:04d}": {"dtype": "U8", "shape": [1000, 10**6],
                                       "data_offsets": [i * gigabyte, (i + 1) * gigabyte]} for i in range(1000)},
                  1000 * gigabyte)
-    rss = psutil.Process().memory_info().rss
-    start = time.perf_counter()
+    read_before = psutil.Process().io_counters().read_chars
     tracemalloc.start()
     with Checkpoint(resolve_checkpoint(path)) as checkpoint:
         assert len(checkpoint) == 1000
@@ -759,8 +757,9 @@ def test_terabyte_checkpoint_in_a_sparse_file_is_mapped_not_read(tmp_path):
         assert all(t.shape == (1000, 10**6) and t[999, 999_999].item() == 0 for t in tensors)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak < 2_000_000 and time.perf_counter() - start < 5
-    assert psutil.Process().memory_info().rss - rss < 64 << 20
+    read = psutil.Process().io_counters().read_chars - read_before  # read() bytes; mapped pages are not reads
+    assert peak < 2_000_000, f"Python allocated {peak} bytes"
+    assert read < 16 << 20, f"{read} bytes were read instead of mapped"
 
 
 def test_a_tensor_too_large_to_map_is_a_checkpoint_error(tmp_path):

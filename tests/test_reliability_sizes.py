@@ -120,7 +120,6 @@ def test_ten_thousand_tiny_tensors(tmp_path, max_shard_size):
     record(f"sizes.10k_tensors.{'sharded' if max_shard_size < 10**9 else 'single'}",
            {"tensors": len(tensors), "files": files, "save_s": round(saved - start, 2),
             "load_s": round(done - saved, 2)})
-    assert done - start < 60
 
 
 # --------------------------------------------------------------------------- through a model

@@ -214,6 +214,37 @@ def causal_mask(
     return torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
+def packed_sequence_mask(
+    position_ids: Tensor,
+    batch: int,
+    *,
+    causal: bool,
+    dtype: torch.dtype,
+) -> Optional[Tensor]:
+    """The additive mask that keeps sequences packed into one row apart, or None.
+
+    Transformers 5 reads ``position_ids`` that do not step by one from token to
+    token as the start of another sequence packed into the same row
+    (padding-free batches): token i then attends only to the tokens of its own
+    sequence (and, when ``causal``, only to those not after it). Callers apply
+    this only when no attention mask is given and no key/value cache is in use,
+    the same conditions under which Transformers looks for packed rows. When
+    every row holds a single sequence the result is None and nothing changes.
+
+    Shapes:
+        position_ids (B|1, T) -> (B, 1, T, T), or None.
+    """
+    positions = position_ids.expand(batch, -1)
+    steps = torch.diff(positions, prepend=positions[:, :1] - 1, dim=-1)
+    sequence = (steps != 1).cumsum(-1)                                      # (B, T): which packed sequence
+    if not bool(sequence[:, -1].any()):
+        return None
+    keep = sequence[:, None, :, None] == sequence[:, None, None, :]        # (B, 1, T, T)
+    if causal:
+        keep = keep & torch.ones(keep.shape[-2:], dtype=torch.bool, device=keep.device).tril()
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+
+
 # --------------------------------------------------------------------------- packed batches
 @dataclass(frozen=True)
 class _Group:

@@ -39,7 +39,9 @@ from torch import Tensor, nn
 from ..configuration import PretrainedConfig
 from ..logging import get_logger
 from ..modeling.activations import ACT2FN
-from ..modeling.attention import PackedSequences, attention, find_pruneable_heads_and_indices, prune_linear_layer
+from ..modeling.attention import (
+    PackedSequences, attention, find_pruneable_heads_and_indices, packed_sequence_mask, prune_linear_layer,
+)
 from ..modeling.base import PreTrainedModel
 from ..modeling.outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
@@ -462,7 +464,10 @@ class BertModel(BertPreTrainedModel):
         x = self.embeddings(input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids,
                             inputs_embeds=inputs_embeds)                 # (B, S, C)
         packed, mask = None, None
-        if attention_mask is not None and not (attention_mask.dim() == 2 and bool(attention_mask.all())):
+        if attention_mask is None and position_ids is not None:             # padding-free rows, as Transformers 5
+            mask = packed_sequence_mask(position_ids.view(-1, input_shape[-1]), input_shape[0],
+                                        causal=bool(cfg.is_decoder), dtype=x.dtype)
+        elif attention_mask is not None and not (attention_mask.dim() == 2 and bool(attention_mask.all())):
             if self._can_pack(attention_mask, head_mask, output_attentions):
                 packed = mask = PackedSequences.from_mask(attention_mask)
                 x = packed.pack(x)                                       # (T, C)

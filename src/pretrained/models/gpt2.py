@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..configuration import PretrainedConfig
 from ..logging import get_logger, warning_once
 from ..modeling.activations import ACT2FN
-from ..modeling.attention import attention, causal_mask, find_pruneable_heads_and_indices
+from ..modeling.attention import attention, causal_mask, find_pruneable_heads_and_indices, packed_sequence_mask
 from ..modeling.base import PreTrainedModel
 from ..modeling.cache import DynamicCache, as_cache
 from ..modeling.generation import GenerationMixin, causal_lm_loss
@@ -359,6 +359,9 @@ class GPT2Model(GPT2PreTrainedModel):
         if kv_cache is None and use_cache:
             kv_cache = DynamicCache()
         past_length = kv_cache.get_seq_length() if kv_cache is not None else 0
+        packed = None
+        if position_ids is not None and attention_mask is None and kv_cache is None:
+            packed = packed_sequence_mask(position_ids.view(-1, T), B, causal=True, dtype=inputs_embeds.dtype)
         if checkpointing:
             kv_cache = None
 
@@ -370,7 +373,8 @@ class GPT2Model(GPT2PreTrainedModel):
             hidden_states = hidden_states + self.wte(token_type_ids.view(-1, T))
         hidden_states = self.drop(hidden_states)                         # (B, T, C)
 
-        mask = self._attention_mask(attention_mask, B, T, past_length, hidden_states.dtype, hidden_states.device)
+        mask = packed if packed is not None else self._attention_mask(
+            attention_mask, B, T, past_length, hidden_states.dtype, hidden_states.device)
         head_mask = self.get_head_mask(head_mask, cfg.n_layer)
 
         all_hidden = () if output_hidden_states else None

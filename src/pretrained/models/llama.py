@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..configuration import PretrainedConfig
 from ..logging import get_logger, warning_once
 from ..modeling.activations import ACT2FN
-from ..modeling.attention import attention, causal_mask
+from ..modeling.attention import attention, causal_mask, packed_sequence_mask
 from ..modeling.base import PreTrainedModel
 from ..modeling.cache import DynamicCache, as_cache
 from ..modeling.generation import GenerationMixin, causal_lm_loss
@@ -331,6 +331,9 @@ class LlamaModel(LlamaPreTrainedModel):
         if kv_cache is None and use_cache:
             kv_cache = DynamicCache()
         past_length = kv_cache.get_seq_length() if kv_cache is not None else 0
+        packed = None
+        if position_ids is not None and attention_mask is None and kv_cache is None:
+            packed = packed_sequence_mask(position_ids, B, causal=True, dtype=inputs_embeds.dtype)
         if checkpointing:
             kv_cache = None
 
@@ -338,7 +341,8 @@ class LlamaModel(LlamaPreTrainedModel):
             position_ids = torch.arange(past_length, past_length + T, device=inputs_embeds.device)[None]
         hidden_states = inputs_embeds
         cos, sin = self.rotary_emb(position_ids, dtype=hidden_states.dtype)          # (B|1, T, D) each
-        mask = self._attention_mask(attention_mask, T, past_length, hidden_states.dtype, hidden_states.device)
+        mask = packed if packed is not None else self._attention_mask(
+            attention_mask, T, past_length, hidden_states.dtype, hidden_states.device)
 
         all_hidden = () if output_hidden_states else None
         all_attentions = () if output_attentions else None

@@ -2,10 +2,12 @@
 
 Nothing here knows about ``nn.Module``; ``loading.py`` and ``modeling/`` build on it.
 
->>> from pretrained.storage import resolve_checkpoint, Checkpoint, save_checkpoint   # doctest: +SKIP
->>> save_checkpoint("out", {"w": torch.ones(2)}, extra_files={"config.json": "{}"})   # doctest: +SKIP
->>> with Checkpoint(resolve_checkpoint("out")) as ckpt:                               # doctest: +SKIP
+>>> from pretrained.storage import resolve_checkpoint, Checkpoint, save_checkpoint
+>>> save_checkpoint("out", {"w": torch.ones(2)}, extra_files={"config.json": "{}"})
+['model.safetensors', 'config.json']
+>>> with Checkpoint(resolve_checkpoint("out")) as ckpt:
 ...     ckpt.get("w")
+tensor([1., 1.])
 """
 
 from .checkpoint import Checkpoint

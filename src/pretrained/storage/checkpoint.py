@@ -15,7 +15,7 @@ folder changed since it was resolved (the index differs, a file is gone), it
 is resolved again, up to ``_OPEN_ATTEMPTS`` times. With ``verify=True`` the
 files are hashed through those same descriptors (:mod:`~pretrained.storage.integrity`).
 
->>> with Checkpoint(resolve_checkpoint("path/to/folder")) as ckpt:   # doctest: +SKIP
+>>> with Checkpoint(resolve_checkpoint("path/to/folder")) as ckpt:
 ...     for name in ckpt.keys():
 ...         dtype, shape = ckpt.dtype_shape(name)     # headers only
 ...         tensor = ckpt.get(name)                   # mmap view

@@ -13,7 +13,7 @@ hold (after swapping it out); opening one of them then fails with
 Where the platform has no ``dir_fd`` support (Windows), the handle falls back
 to plain paths and gives no such guarantee.
 
->>> with FolderHandle("path/to/folder") as folder:                 # doctest: +SKIP
+>>> with FolderHandle("path/to/folder") as folder:
 ...     if folder.isfile("model.safetensors.index.json"):
 ...         raw = folder.read_bytes("model.safetensors.index.json")
 ...         fd = folder.open("model-00001-of-00002.safetensors")    # caller closes it

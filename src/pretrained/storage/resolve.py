@@ -25,8 +25,8 @@ Hub access goes through ``huggingface_hub.hf_hub_download`` (imported only
 when a repo id is used), so its cache, ``HF_HUB_OFFLINE=1`` and
 ``HF_HUB_CACHE`` all work as they do for Transformers.
 
->>> resolved = resolve_checkpoint("path/to/folder", variant="fp16")      # doctest: +SKIP
->>> resolved.format, [os.path.basename(f) for f in resolved.files]       # doctest: +SKIP
+>>> resolved = resolve_checkpoint("path/to/folder", variant="fp16")
+>>> resolved.format, [os.path.basename(f) for f in resolved.files]
 ('safetensors', ['model.fp16-00001-of-00002.safetensors', 'model.fp16-00002-of-00002.safetensors'])
 """
 
