@@ -45,9 +45,11 @@ def default_skip_modules(model: nn.Module) -> List[str]:
 
 
 def should_convert(name: str, patterns: Optional[List[str]]) -> bool:
-    """False when a pattern matches ``name`` at a module boundary, as a regex, or as a suffix."""
+    """False when a pattern skips ``name``: Transformers 4.37's rule (``p + "."`` inside the name, or
+    equal) or 5.x's (a prefix or regex ending at a module boundary, or a suffix)."""
     boundary = r"(?:(?<=\.)|(?=\.|$))"
-    return not any(re.match(rf"(?:{p}){boundary}", name) or name.endswith(p) for p in patterns or ())
+    return not any(p + "." in name or p == name or re.match(rf"(?:{p}){boundary}", name) or name.endswith(p)
+                   for p in patterns or ())
 
 
 def linear_shape(module: nn.Module) -> Optional[Tuple[int, int, bool, bool]]:

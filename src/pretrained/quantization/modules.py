@@ -167,12 +167,17 @@ class Int4Linear(QuantizedLinear):
                  group_size=128):
         super().__init__(in_features, out_features, bias, compute_dtype, device)
         self.group_size = group_size
-        self.tiled = False
         self.weight = _empty_param((out_features, in_features // 2), torch.uint8, device)
         groups = in_features // group_size
         self.register_buffer("weight_scale", torch.empty(out_features, groups, dtype=compute_dtype, device=device))
         self.register_buffer("weight_zero", torch.empty(out_features, groups, dtype=compute_dtype, device=device))
         self._scale_and_zeros: Optional[torch.Tensor] = None
+
+    @property
+    def tiled(self) -> bool:
+        """Whether ``weight`` holds the CPU kernel's tiled layout (marked on the tensor itself, so a
+        placement hook that swaps in a freshly read weight is seen as plain again)."""
+        return bool(getattr(self.weight, "_int4_cpu_tiled", False))
 
     def _plain_weight(self) -> torch.Tensor:
         if not self.tiled:
@@ -189,7 +194,7 @@ class Int4Linear(QuantizedLinear):
         if want_tiled != self.tiled:
             data = formats.to_cpu_kernel_layout(self.weight) if want_tiled else self._plain_weight()
             self.weight = nn.Parameter(data, requires_grad=False)
-            self.tiled = want_tiled
+            self.weight._int4_cpu_tiled = want_tiled
             self._scale_and_zeros = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,7 +204,7 @@ class Int4Linear(QuantizedLinear):
             return self._fallback(x)
         self._ensure_layout(x.device)
         sz = self._scale_and_zeros
-        if sz is None or sz.dtype != x.dtype:
+        if sz is None or sz.dtype != x.dtype or sz.device != x.device:
             sz = self._scale_and_zeros = formats.int4_scale_and_zeros(self.weight_scale, self.weight_zero, x.dtype)
         out = _flat_call(x, lambda a: torch._weight_int4pack_mm_for_cpu(a, self.weight, self.group_size, sz))
         return out if self.bias is None else out + self.bias.to(x.dtype)
