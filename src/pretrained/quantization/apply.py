@@ -242,14 +242,14 @@ class QuantizingSource(TensorSource):
     def _quantize(self, prefix: str) -> Dict[str, torch.Tensor]:
         module, transposed = self._modules[prefix]
         weight = self.source.get(prefix + ".weight")
-        if transposed:
+        if transposed:  # GPT-2's Conv1D stores [in, out]; bitsandbytes' layout is [out, in]
             weight = weight.t()
         if tuple(weight.shape) != (module.out_features, module.in_features):
             raise CheckpointError(f"{prefix}.weight in {self._file(prefix + '.weight')} has shape "
                                   f"{tuple(weight.shape)}, expected {(module.out_features, module.in_features)}")
         if isinstance(module, Int8Linear):
             q, scb = formats.quantize_int8_rows(weight)
-            return {"weight": q, "SCB": scb}
+            return {"weight": q.contiguous(), "SCB": scb}
         if isinstance(module, Int4Linear):
             return formats.quantize_int4_groups(weight, module.group_size, module.weight_scale.dtype)
         parts = formats.quantize_4bit(weight, quant_type=module.quant_type, blocksize=module.blocksize,
