@@ -294,3 +294,32 @@ def test_bf16_int8_and_int4_kernels(llama_dir, ids):
         model = LlamaForCausalLM.from_pretrained(llama_dir, dtype=torch.bfloat16, quantization_config=CONFIGS[mode])
         assert model.dtype == torch.bfloat16
         assert _cos(_logits(model, ids), _logits(reference, ids)) >= (0.999 if mode == "int8" else 0.99)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+def test_int8_quality_on_gpt2_and_bert(hf_gpt2_dirs, hf_bert_dirs, input_ids, arch):
+    import pretrained
+
+    dirs, cls = (hf_gpt2_dirs, pretrained.GPT2LMHeadModel) if arch == "gpt2" else (hf_bert_dirs,
+                                                                                   pretrained.BertForMaskedLM)
+    reference = cls.from_pretrained(dirs["single"])
+    model = cls.from_pretrained(dirs["single"], load_in_8bit=True)
+    assert any(isinstance(m, Int8Linear) for m in model.modules())
+    expected, got = _logits(reference, input_ids), _logits(model, input_ids)
+    assert _cos(got, expected) >= 0.999
+    assert float((got.argmax(-1) == expected.argmax(-1)).float().mean()) >= 0.9
+
+
+def test_int8_quality_on_real_minilm(minilm_dir):
+    """The real all-MiniLM-L6-v2: int8 token embeddings keep cosine >= 0.999 to float32."""
+    import pretrained
+
+    ids = torch.randint(1000, 30000, (4, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = pretrained.BertModel.from_pretrained(minilm_dir)(ids).last_hidden_state
+        model = pretrained.BertModel.from_pretrained(minilm_dir, load_in_8bit=True)
+        got = model(ids).last_hidden_state
+    assert isinstance(model.encoder.layer[0].attention.self.query, Int8Linear)
+    cos = F.cosine_similarity(got.reshape(-1, 384), expected.reshape(-1, 384), dim=-1)
+    assert float(cos.mean()) >= 0.999, float(cos.mean())  # per token: mean 0.999+, worst token ~0.997
+    assert float(cos.min()) >= 0.995, float(cos.min())
