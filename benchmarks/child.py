@@ -6,7 +6,8 @@ Reads its work from the environment:
 
 Each step's code is executed in one shared namespace (``path`` and ``scratch``
 predefined) and timed with ``time.perf_counter``. A step that defines
-``logits`` (a tensor) gets it summarised. The trial ends by printing one line:
+``logits`` (a tensor) gets it summarised; numbers a step puts in an
+``extra_metrics`` dict are reported as metrics of their own. The trial ends by printing one line:
 ``BENCH_RESULT {json}`` with
 
     startup_s     spawn -> this script running (interpreter start-up)
@@ -62,6 +63,7 @@ def main() -> None:
         result["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+    result.update(namespace.get("extra_metrics") or {})  # numbers a step computed (tokens/s, bytes)
     if namespace.get("logits") is not None:
         result["logits"] = summarize_logits(namespace["logits"])
     print(MARKER + json.dumps(result), flush=True)

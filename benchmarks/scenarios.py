@@ -448,5 +448,62 @@ C3 = gpu_scenario("C3", 'Llama 1.1B bf16, device_map="auto", max_memory={0: "1Gi
                   "bfloat16", 'device_map="auto", max_memory={0: "1GiB", "cpu": "1GiB"}, offload_folder=scratch',
                   2e-2)
 
-SCENARIOS = {s.key: s for s in [S1, S2, S3, S4, S4b, S4L, S5, S6, G1, C1, C2, C3]}
-DEFAULT_SCENARIOS = [key for key in SCENARIOS if not key.startswith("C")]  # C*: CUDA only
+# --- quantized weights (issue 16) -----------------------------------------------
+
+DECODE_TOKENS = 64
+DECODE_PROMPT = "prompt = torch.randint(3, 32000, (1, 8), generator=torch.Generator().manual_seed(0))\n"
+
+
+def decode_steps(imports: str, load: str, generate: str) -> tuple[tuple[str, str], ...]:
+    """Load, warm up (2 tokens), then time a greedy decode of ``DECODE_TOKENS`` tokens at batch 1.
+
+    ``generate`` is an expression of ``model`` and ``prompt`` ending in ``max_new_tokens=``.
+    """
+    return (
+        ("import_s", "import resource, time\nimport torch\n" + imports),
+        ("load_s", load + "\nrss_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"),
+        ("warmup_s", DECODE_PROMPT + generate + "max_new_tokens=2)\n"),
+        ("decode_s", f"t = time.perf_counter()\nnew = {generate}max_new_tokens={DECODE_TOKENS})[:, 8:]\n"
+                     f"elapsed = time.perf_counter() - t\nassert new.shape == (1, {DECODE_TOKENS}), new.shape\n"
+                     f"extra_metrics = {{'tokens_per_s': {DECODE_TOKENS} / elapsed, 'load_rss_bytes': rss_load, "
+                     "'footprint_bytes': model.get_memory_footprint()}\n"
+                     "logits = new[:, -4:].float()[None]\n"),
+    )
+
+
+OURS_IMPORT = "from pretrained import AutoModelForCausalLM, BitsAndBytesConfig, Int4Config\n"
+OURS_GENERATE = "model.generate(prompt, do_sample=False, eos_token_id=[], "
+THEIRS_IMPORT = ("import transformers\ntransformers.utils.logging.set_verbosity_error()\n"
+                 "from transformers import AutoModelForCausalLM, QuantoConfig\n")
+THEIRS_GENERATE = "model.generate(prompt, do_sample=False, eos_token_id=None, pad_token_id=0, "
+Q1 = Scenario(
+    key="Q1",
+    title=f"Llama 1.1B bf16 checkpoint: greedy decode of {DECODE_TOKENS} tokens at batch 1, bf16 vs quantized",
+    checkpoint=LLAMA_1B_BF16.key,
+    impls={
+        "ours": Impl(steps=decode_steps(OURS_IMPORT, "model = AutoModelForCausalLM.from_pretrained(path, "
+                                        "dtype=torch.bfloat16)", OURS_GENERATE)),
+        "ours_int8": Impl(steps=decode_steps(OURS_IMPORT, "model = AutoModelForCausalLM.from_pretrained(path, "
+                                             "dtype=torch.bfloat16, load_in_8bit=True)", OURS_GENERATE)),
+        "ours_int8_all": Impl(steps=decode_steps(OURS_IMPORT, "model = AutoModelForCausalLM.from_pretrained(path, "
+                                                 "dtype=torch.bfloat16, quantization_config=BitsAndBytesConfig("
+                                                 "load_in_8bit=True, llm_int8_skip_modules=[]))", OURS_GENERATE)),
+        "ours_int4": Impl(steps=decode_steps(OURS_IMPORT, "model = AutoModelForCausalLM.from_pretrained(path, "
+                                             "dtype=torch.bfloat16, quantization_config=Int4Config())",
+                                             OURS_GENERATE)),
+        "ours_int4_all": Impl(steps=decode_steps(OURS_IMPORT, "model = AutoModelForCausalLM.from_pretrained(path, "
+                                                 "dtype=torch.bfloat16, quantization_config=Int4Config("
+                                                 "modules_to_not_convert=[]))", OURS_GENERATE)),
+        "transformers_quanto_int8": Impl(steps=decode_steps(
+            THEIRS_IMPORT, "model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, "
+            "quantization_config=QuantoConfig(weights='int8'))", THEIRS_GENERATE)),
+    },
+    atol=1e9,  # token ids of different quantizations need not agree: quality is benchmarks/quant_quality.py's
+    timeout_s=1800,
+    metrics=("load_s", "tokens_per_s", "load_rss_bytes", "footprint_bytes"),
+    notes=f"tokens/s = {DECODE_TOKENS} / decode time (8-token prompt, after a 2-token warm-up); load_rss = peak RSS "
+    "right after the (quantize-on-)load; footprint = get_memory_footprint(); *_all also quantize the LM head",
+)
+
+SCENARIOS = {s.key: s for s in [S1, S2, S3, S4, S4b, S4L, S5, S6, G1, C1, C2, C3, Q1]}
+DEFAULT_SCENARIOS = [key for key in SCENARIOS if not key.startswith(("C", "Q"))]  # C*: CUDA only; Q*: slow

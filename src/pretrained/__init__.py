@@ -43,6 +43,9 @@ _EXPORTS = {
     "AutoModelForCausalLM": "pretrained.auto",
     "AutoModelForMaskedLM": "pretrained.auto",
     "AutoModelForSeq2SeqLM": "pretrained.auto",
+    # quantization
+    "BitsAndBytesConfig": "pretrained.quantization",
+    "Int4Config": "pretrained.quantization",
     # errors
     "PretrainedError": "pretrained.errors",
     "CheckpointNotFoundError": "pretrained.errors",

@@ -251,11 +251,37 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .conversion import convert_checkpoint
 
     _check_model_arg(args.src)
+    if args.quantize:
+        return _convert_quantized(args)
     report = convert_checkpoint(args.src, args.dst, dtype=args.dtype, max_shard_size=args.max_shard_size,
                                 to=args.to, variant=args.variant, source_variant=args.source_variant)
     print(f"converted {report['tensors']} tensors ({_human(report['bytes'])}) from {args.src} to {args.dst} "
           f"as {report['format']} in {len(report['files'])} file(s); verified equal to the source")
     print(f"  peak RSS {_human(_peak_rss_bytes())}, largest tensor {_human(report['largest_tensor_bytes'])}")
+    return 0
+
+
+def _convert_quantized(args: argparse.Namespace) -> int:
+    """``convert --quantize``: load quantizing tensor by tensor, then save the quantized checkpoint."""
+    import pretrained
+
+    from . import AutoConfig
+    from .quantization import BitsAndBytesConfig, Int4Config
+
+    if args.to != "safetensors":
+        raise CLIError("--quantize writes safetensors only (use --to safetensors)")
+    config = AutoConfig.from_pretrained(args.src)
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    model_class = getattr(pretrained, arch, None) if arch else None
+    if model_class is None:
+        raise CLIError(f"{args.src}: config.json architectures {arch!r} is not a class of pretrained")
+    qconfig = {"int8": BitsAndBytesConfig(load_in_8bit=True), "int4": Int4Config(),
+               "nf4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")}[args.quantize]
+    model = model_class.from_pretrained(args.src, quantization_config=qconfig, dtype=args.dtype or "auto",
+                                        variant=args.source_variant)
+    model.save_pretrained(args.dst, max_shard_size=args.max_shard_size, variant=args.variant)
+    print(f"quantized {args.src} ({arch}) to {args.quantize} in {args.dst}: "
+          f"{_human(model.get_memory_footprint())} stored; peak RSS {_human(_peak_rss_bytes())}")
     return 0
 
 
@@ -302,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", choices=["safetensors", "bin"], default="safetensors")
     convert.add_argument("--variant", help="variant of the output files")
     convert.add_argument("--source-variant", help="variant of the input files")
+    convert.add_argument("--quantize", choices=["int8", "nf4", "int4"],
+                         help="quantize the linear layers while streaming (bitsandbytes int8/nf4, or grouped int4)")
     convert.set_defaults(func=cmd_convert)
     return parser
 

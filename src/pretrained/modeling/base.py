@@ -31,6 +31,7 @@ from ..loading import (
     load_weights,
 )
 from ..logging import get_logger
+from ..quantization import check_saveable, dequantize_model, quantization_of, quantizer_for_load
 from ..utils import dtype_name, parse_dtype, parse_size
 from .generation import GENERATION_CONFIG_NAME, GenerationConfig
 from .mixin import ModuleUtilsMixin
@@ -467,6 +468,34 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             raise ValueError(f"{auto_class} is not a valid auto class.")
         cls._auto_class = auto_class
 
+    # ------------------------------------------------------------ quantization
+    @property
+    def is_quantized(self) -> bool:
+        """True for a model loaded with a quantization config (or from a quantized checkpoint)."""
+        return quantization_of(self) is not None
+
+    @property
+    def quantization_method(self) -> Optional[str]:
+        """``"bitsandbytes"`` or ``"pretrained_int4"`` (the config's ``quant_method``); None when not quantized."""
+        config = quantization_of(self)
+        return None if config is None else config.quant_method
+
+    @property
+    def is_loaded_in_8bit(self) -> bool:
+        return getattr(quantization_of(self), "load_in_8bit", False)
+
+    @property
+    def is_loaded_in_4bit(self) -> bool:
+        return getattr(quantization_of(self), "load_in_4bit", False)
+
+    def dequantize(self) -> "PreTrainedModel":
+        """Turn every quantized linear back into a plain ``nn.Linear`` in its compute dtype.
+
+        Returns:
+            ``self``, no longer quantized (``config.quantization_config`` removed).
+        """
+        return dequantize_model(self)
+
     # ------------------------------------------------------------ construction
     @classmethod
     def _from_config(cls, config: PretrainedConfig, **kwargs: Any) -> "PreTrainedModel":
@@ -550,6 +579,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             kwargs.pop(key, None)
         state_dict = kwargs.pop("state_dict", None)
         verify = kwargs.pop("verify", False)
+        quant_kwargs = {k: kwargs.pop(k) for k in ("quantization_config", "load_in_8bit", "load_in_4bit") if k in kwargs}
         subfolder = kwargs.pop("subfolder", "")
         hub = dict(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only,
                    token=token, revision=revision, subfolder=subfolder)
@@ -595,6 +625,10 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             if target_dtype is not None:
                 config.torch_dtype = dtype_name(target_dtype)
             model = build_skeleton(cls, config, *model_args, dtype=target_dtype or torch.float32, **model_kwargs)
+            quantizer = quantizer_for_load(quant_kwargs, config, target_dtype)
+            if quantizer is not None:  # quantized linears in the skeleton; tensors quantized as they stream in
+                quantizer.prepare(model, source)
+                source = quantizer.wrap(source)
 
             # 4. load, initialise what is missing, tie
             from ..placement import plan_placement
@@ -612,6 +646,8 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             initialize_missing(model, report)
             model._mark_initialized()  # loaded or just initialised: a later post_init() keeps them
             model.tie_weights()
+            if quantizer is not None:
+                quantizer.finalize(model)
             if placement is not None:
                 placement.place(model, source)
         finally:
@@ -667,6 +703,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
 
         checksums = kwargs.pop("checksums", False)
         durable = kwargs.pop("durable", False)
+        check_saveable(self, safe_serialization=safe_serialization)
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory {os.fspath(save_directory)!r} is a file, not a folder")
         if not is_main_process:

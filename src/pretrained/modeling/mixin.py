@@ -55,8 +55,11 @@ class ModuleUtilsMixin:
         skip = set()
         if exclude_embeddings:
             skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        from ..quantization import packed_parameter_counts
+
+        packed = packed_parameter_counts(self)  # 4-bit weights: two per stored byte, as Transformers counts
         return sum(
-            p.numel()
+            p.numel() * packed.get(id(p), 1)
             for p in self.parameters()  # parameters() already yields tied tensors once
             if id(p) not in skip and (p.requires_grad or not only_trainable)
         )
