@@ -550,6 +550,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             kwargs.pop(key, None)
         state_dict = kwargs.pop("state_dict", None)
         verify = kwargs.pop("verify", False)
+        tp_plan, device_mesh = kwargs.pop("tp_plan", None), kwargs.pop("device_mesh", None)
         subfolder = kwargs.pop("subfolder", "")
         hub = dict(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only,
                    token=token, revision=revision, subfolder=subfolder)
@@ -595,6 +596,12 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             if target_dtype is not None:
                 config.torch_dtype = dtype_name(target_dtype)
             model = build_skeleton(cls, config, *model_args, dtype=target_dtype or torch.float32, **model_kwargs)
+            tp = None
+            if tp_plan is not None or device_mesh is not None:  # tensor parallel: see pretrained.distributed
+                from ..distributed.tensor_parallel import prepare_tensor_parallel
+
+                tp, source = prepare_tensor_parallel(model, source, tp_plan=tp_plan, device_mesh=device_mesh,
+                                                     device_map=device_map)
 
             # 4. load, initialise what is missing, tie
             from ..placement import plan_placement
@@ -605,13 +612,15 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             )
             report = load_weights(
                 model, source, ignore_mismatched_sizes=ignore_mismatched_sizes,
-                device_for=placement.device_for if placement is not None else None,
+                device_for=placement.device_for if placement is not None else getattr(tp, "device_for", None),
                 offload=getattr(placement, "offload", None),
             )
             _warn_untied(model, report)
             initialize_missing(model, report)
             model._mark_initialized()  # loaded or just initialised: a later post_init() keeps them
             model.tie_weights()
+            if tp is not None:
+                tp.finish(model)
             if placement is not None:
                 placement.place(model, source)
         finally:
@@ -669,6 +678,13 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         durable = kwargs.pop("durable", False)
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory {os.fspath(save_directory)!r} is a file, not a folder")
+        if state_dict is None and any(type(p).__name__ == "DTensor" for p in self.parameters()):
+            from ..distributed.save import save_distributed  # tensor-parallel / FSDP2: gathered tensor by tensor
+
+            return save_distributed(self, save_directory, is_main_process=is_main_process, save_function=save_function,
+                                    push_to_hub=push_to_hub, max_shard_size=max_shard_size,
+                                    safe_serialization=safe_serialization, variant=variant, token=token,
+                                    checksums=checksums, durable=durable, **kwargs)
         if not is_main_process:
             return
         limit = parse_size(max_shard_size, name="max_shard_size")
