@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["default_mesh", "local_device", "mesh_rank_world"]
+__all__ = ["agree", "default_mesh", "local_device", "mesh_rank_world"]
 
 
 def default_mesh(device_mesh=None):
@@ -52,3 +52,23 @@ def local_device(mesh) -> torch.device:
 def group_of(mesh) -> Optional[object]:
     """The process group behind a 1-D mesh."""
     return mesh.get_group()
+
+
+def agree(mesh, what: str) -> None:
+    """Wait until every rank of ``mesh`` reached this point.
+
+    Raises:
+        DistributedError: a rank died, failed or did not arrive within the process group's timeout.
+    """
+    import torch.distributed as dist
+
+    from ..errors import DistributedError
+
+    flag = torch.ones(1, device=local_device(mesh))
+    try:
+        dist.all_reduce(flag, group=mesh.get_group())
+    except Exception as err:  # gloo/NCCL raise RuntimeError or DistBackendError
+        raise DistributedError(f"{what}: another rank failed, died or timed out before finishing "
+                               f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+    if int(flag.item()) != int(mesh.size()):
+        raise DistributedError(f"{what}: the ranks disagree")

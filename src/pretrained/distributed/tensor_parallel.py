@@ -28,7 +28,7 @@ from torch import nn
 from ..loading import TensorSource, checkpoint_name_for
 from ..logging import get_logger
 from ..storage.slices import read_slice
-from .mesh import default_mesh, local_device, mesh_rank_world
+from .mesh import agree, default_mesh, local_device, mesh_rank_world
 from .plan import ParamCut, check_divisible, divide_heads, heads_to_divide, plan_cuts, resolve_plan
 
 logger = get_logger(__name__)
@@ -97,17 +97,16 @@ class TensorParallel:
 
     def finish(self, model: nn.Module) -> None:
         """Turn split parameters into DTensors and hook their modules (see the module doc)."""
-        from torch.distributed.tensor import DTensor, Shard
+        from torch.distributed.tensor import DTensor, Replicate, Shard
 
         modules = dict(model.named_modules())
         packed: Dict[str, Tuple[int, int]] = {}
         for name, (module_name, cut) in self.cuts.items():
-            if cut.dim is None:
-                continue
             module, attr = modules[module_name], name.rsplit(".", 1)[1]
             local = getattr(module, attr)
             shape = self.full_shapes[name]
-            dtensor = DTensor.from_local(local.detach(), self.mesh, [Shard(cut.dim)], run_check=False,
+            placement = Replicate() if cut.dim is None else Shard(cut.dim)  # a row-wise bias: on every rank
+            dtensor = DTensor.from_local(local.detach(), self.mesh, [placement], run_check=False,
                                          shape=shape, stride=_contiguous_stride(shape))
             module._parameters[attr] = nn.Parameter(dtensor, requires_grad=local.requires_grad)
             if cut.parts > 1:
@@ -118,6 +117,7 @@ class TensorParallel:
         model._tp_packed = packed
         model._tp_mesh = self.mesh
         model.tp_size = self.world
+        agree(self.mesh, "tensor-parallel from_pretrained")
 
 
 def _contiguous_stride(shape) -> Tuple[int, ...]:
