@@ -99,15 +99,17 @@ def load_sharded(model: nn.Module, path: Union[str, os.PathLike], *, torch_dtype
     missing: List[str] = []
     with Checkpoint(resolve_checkpoint(path)) as checkpoint:
         keys = set(checkpoint.keys())
-        used = set()
+        used, filled = set(), set()
         for name, tensor in state.items():
             key = checkpoint_name_for(name, keys, prefix, has_prefix)
             if key is None:
                 missing.append(name)
                 continue
             used.add(key)
+            filled.add(id(tensor))
             _fill(tensor, key, checkpoint, dtype, name)
         unexpected = sorted(keys - used)
+    missing = [n for n in missing if id(state[n]) not in filled]  # tied: filled under its other name
     if missing and strict:
         raise WeightsMismatchError(f"load_sharded: the checkpoint at {os.fspath(path)} lacks {sorted(missing)}")
     return {"missing_keys": sorted(missing), "unexpected_keys": unexpected}

@@ -19,7 +19,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from ..errors import SaveError
+from ..errors import DistributedError, SaveError
 from ..storage.writer import LazyTensor
 
 __all__ = ["save_distributed", "gather_to"]
@@ -99,8 +99,11 @@ def _lazy_state_dict(model, state: Dict[str, Any], writer: int) -> Dict[str, Any
             result.pop(seen[id(tensor)], None)
 
         def load(index=index, tensor=tensor, name=name):
-            dist.broadcast(torch.tensor([index], dtype=torch.int64), src=writer)
-            return gather_to(tensor, writer, packed.get(name))
+            try:
+                dist.broadcast(torch.tensor([index], dtype=torch.int64), src=writer)
+                return gather_to(tensor, writer, packed.get(name))
+            except Exception as err:  # gloo/NCCL: a peer died or timed out
+                raise _peer_error(err, "another rank") from err
 
         seen[id(tensor)] = name
         result[name] = LazyTensor(tensor.dtype, tuple(tensor.shape), load)
@@ -115,13 +118,23 @@ def _serve(model, state: Dict[str, Any], writer: int) -> None:
     names = list(state)
     while True:
         message = torch.tensor([0], dtype=torch.int64)
-        dist.broadcast(message, src=writer)
-        index = int(message.item())
+        try:
+            dist.broadcast(message, src=writer)
+            index = int(message.item())
+            if index >= 0:
+                gather_to(state[names[index]], writer, packed.get(names[index]))
+        except Exception as err:  # gloo/NCCL: a peer died or timed out
+            raise _peer_error(err, f"the writing rank {writer}") from err
         if index == _DONE:
             return
         if index == _FAILED:
             raise SaveError(f"save_pretrained failed on the writing rank {writer}; see its error")
-        gather_to(state[names[index]], writer, packed.get(names[index]))
+
+
+def _peer_error(err: Exception, who: str) -> DistributedError:
+    first = str(err).splitlines()[0] if str(err) else ""
+    return DistributedError(f"save_pretrained of a distributed model: {who} failed, died or timed out "
+                            f"({type(err).__name__}: {first})")
 
 
 def _plain_class(model):
