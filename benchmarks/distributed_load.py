@@ -82,6 +82,10 @@ def child(mode: str, path: str, backend: str) -> None:
     if distributed:
         dist.barrier()
         load_all = time.perf_counter() - start
+        if backend == "nccl":  # one forward on the GPU: the split model runs there
+            with torch.inference_mode():
+                device = torch.device("cuda", torch.cuda.current_device())
+                assert torch.isfinite(model(torch.tensor([[1, 2, 3]], device=device)).logits).all()
     print(json.dumps({"rank": int(os.environ.get("RANK", 0)), "load_s": load, "touched_s": touched,
                       "all_ranks_s": load_all if distributed else load, "read": READ_COUNTER.bytes,
                       "split_local": split, "replicated": whole,
@@ -125,6 +129,7 @@ def main() -> None:
     parser.add_argument("--worlds", default="2,4")
     parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
     parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--skip-baselines", action="store_true", help="only the --worlds runs")
     parser.add_argument("--child", choices=["tp", "single"])
     args = parser.parse_args()
     if args.child:
@@ -133,8 +138,9 @@ def main() -> None:
         build(args.checkpoint)
     total = sum(os.path.getsize(os.path.join(args.checkpoint, f)) for f in os.listdir(args.checkpoint)
                 if f.endswith(".safetensors"))
-    results = {"1 process (mmap, plain from_pretrained)": launch(args, "single", 1),
-               "1 process, tp_plan (world 1: reads everything)": launch(args, "tp", 1)}
+    results = {} if args.skip_baselines else {
+        "1 process (mmap, plain from_pretrained)": launch(args, "single", 1),
+        "1 process, tp_plan (world 1: reads everything)": launch(args, "tp", 1)}
     for world in (int(w) for w in args.worlds.split(",") if w):
         results[f"{world} ranks, tp_plan ({args.backend})"] = launch(args, "tp", world)
     print(f"checkpoint: {total / 1e6:.0f} MB in safetensors files; cpus: {os.cpu_count()}")
