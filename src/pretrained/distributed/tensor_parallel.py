@@ -33,7 +33,7 @@ from .plan import ParamCut, check_divisible, divide_heads, heads_to_divide, plan
 
 logger = get_logger(__name__)
 
-__all__ = ["SlicedSource", "TensorParallel", "prepare_tensor_parallel"]
+__all__ = ["SlicedSource", "TensorParallel", "maybe_tensor_parallel", "prepare_tensor_parallel"]
 
 
 class SlicedSource(TensorSource):
@@ -147,6 +147,13 @@ def _hook(module: nn.Module, mesh, *, rowwise: bool) -> None:
 
     module.register_forward_pre_hook(before)
     module.register_forward_hook(after)
+
+
+def maybe_tensor_parallel(model: nn.Module, source, *, tp_plan=None, device_mesh=None, device_map=None):
+    """:func:`prepare_tensor_parallel` when ``tp_plan`` or ``device_mesh`` is given, else ``(None, source)``."""
+    if tp_plan is None and device_mesh is None:
+        return None, source
+    return prepare_tensor_parallel(model, source, tp_plan=tp_plan, device_mesh=device_mesh, device_map=device_map)
 
 
 def prepare_tensor_parallel(model: nn.Module, source, *, tp_plan, device_mesh=None,

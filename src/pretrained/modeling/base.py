@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..configuration import PretrainedConfig
+from ..distributed.tensor_parallel import maybe_tensor_parallel
 from ..errors import CheckpointNotFoundError
 from ..loading import (
     LoadReport,
@@ -596,12 +597,8 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             if target_dtype is not None:
                 config.torch_dtype = dtype_name(target_dtype)
             model = build_skeleton(cls, config, *model_args, dtype=target_dtype or torch.float32, **model_kwargs)
-            tp = None
-            if tp_plan is not None or device_mesh is not None:  # tensor parallel: see pretrained.distributed
-                from ..distributed.tensor_parallel import prepare_tensor_parallel
-
-                tp, source = prepare_tensor_parallel(model, source, tp_plan=tp_plan, device_mesh=device_mesh,
-                                                     device_map=device_map)
+            tp, source = maybe_tensor_parallel(model, source, tp_plan=tp_plan, device_mesh=device_mesh,
+                                               device_map=device_map)  # (None, source) unless tp_plan/device_mesh
 
             # 4. load, initialise what is missing, tie
             from ..placement import plan_placement
