@@ -130,12 +130,15 @@ def main() -> None:
     parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--skip-baselines", action="store_true", help="only the --worlds runs")
-    parser.add_argument("--child", choices=["tp", "single"])
+    parser.add_argument("--child", choices=["tp", "single", "build"])
     args = parser.parse_args()
+    if args.child == "build":
+        return build(args.checkpoint)
     if args.child:
         return child(args.child, args.checkpoint, args.backend)
-    if not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
-        build(args.checkpoint)
+    if not os.path.isfile(os.path.join(args.checkpoint, "config.json")):  # in a child: ru_maxrss survives exec
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "build", "--checkpoint", args.checkpoint],
+                       env=dict(os.environ, PYTHONPATH=SRC), check=True, timeout=args.timeout)
     total = sum(os.path.getsize(os.path.join(args.checkpoint, f)) for f in os.listdir(args.checkpoint)
                 if f.endswith(".safetensors"))
     results = {} if args.skip_baselines else {
