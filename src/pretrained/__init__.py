@@ -55,8 +55,10 @@ _EXPORTS = {
     "RemoteCodeError": "pretrained.errors",
     "SaveError": "pretrained.errors",
     "DeviceMapError": "pretrained.errors",
+    "DistributedError": "pretrained.errors",
     # utilities
     "parse_size": "pretrained.utils",
+    "load_sharded": "pretrained.distributed.fsdp",
 }
 _ALIASES = {"PreTrainedConfig": "PretrainedConfig"}
 

@@ -52,3 +52,7 @@ __all__ = [
     "SaveError",
     "DeviceMapError",
 ]
+
+
+class DistributedError(PretrainedError, RuntimeError):
+    """Another rank of a distributed load or save failed, died or timed out."""

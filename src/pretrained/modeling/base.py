@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..configuration import PretrainedConfig
+from ..distributed.tensor_parallel import maybe_tensor_parallel
 from ..errors import CheckpointNotFoundError
 from ..loading import (
     LoadReport,
@@ -580,6 +581,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         state_dict = kwargs.pop("state_dict", None)
         verify = kwargs.pop("verify", False)
         quant_kwargs = {k: kwargs.pop(k) for k in ("quantization_config", "load_in_8bit", "load_in_4bit") if k in kwargs}
+        tp_plan, device_mesh = kwargs.pop("tp_plan", None), kwargs.pop("device_mesh", None)
         subfolder = kwargs.pop("subfolder", "")
         hub = dict(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only,
                    token=token, revision=revision, subfolder=subfolder)
@@ -629,6 +631,11 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             if quantizer is not None:  # quantized linears in the skeleton; tensors quantized as they stream in
                 quantizer.prepare(model, source)
                 source = quantizer.wrap(source)
+            if quantizer is not None and (tp_plan is not None or device_mesh is not None):
+                raise ValueError("quantization_config cannot be combined with tp_plan/device_mesh yet: "
+                                 "load the quantized model in one process, or the full-precision one with tp_plan")
+            tp, source = maybe_tensor_parallel(model, source, tp_plan=tp_plan, device_mesh=device_mesh,
+                                               device_map=device_map)  # (None, source) unless tp_plan/device_mesh
 
             # 4. load, initialise what is missing, tie
             from ..placement import plan_placement
@@ -639,7 +646,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             )
             report = load_weights(
                 model, source, ignore_mismatched_sizes=ignore_mismatched_sizes,
-                device_for=placement.device_for if placement is not None else None,
+                device_for=placement.device_for if placement is not None else getattr(tp, "device_for", None),
                 offload=getattr(placement, "offload", None),
             )
             _warn_untied(model, report)
@@ -648,6 +655,8 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
             model.tie_weights()
             if quantizer is not None:
                 quantizer.finalize(model)
+            if tp is not None:
+                tp.finish(model)
             if placement is not None:
                 placement.place(model, source)
         finally:
@@ -706,6 +715,13 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         check_saveable(self, safe_serialization=safe_serialization)
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory {os.fspath(save_directory)!r} is a file, not a folder")
+        if state_dict is None and any(type(p).__name__ == "DTensor" for p in self.parameters()):
+            from ..distributed.save import save_distributed  # tensor-parallel / FSDP2: gathered tensor by tensor
+
+            return save_distributed(self, save_directory, is_main_process=is_main_process, save_function=save_function,
+                                    push_to_hub=push_to_hub, max_shard_size=max_shard_size,
+                                    safe_serialization=safe_serialization, variant=variant, token=token,
+                                    checksums=checksums, durable=durable, **kwargs)
         if not is_main_process:
             return
         limit = parse_size(max_shard_size, name="max_shard_size")

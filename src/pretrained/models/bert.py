@@ -63,6 +63,11 @@ class BertConfig(PretrainedConfig):
     """
 
     model_type = "bert"
+    base_model_tp_plan = {  # tensor parallel (tp_plan="auto"): see pretrained.distributed
+        "encoder.layer.*.attention.self.query": "colwise", "encoder.layer.*.attention.self.key": "colwise",
+        "encoder.layer.*.attention.self.value": "colwise", "encoder.layer.*.attention.output.dense": "rowwise",
+        "encoder.layer.*.intermediate.dense": "colwise", "encoder.layer.*.output.dense": "rowwise",
+    }
 
     def __init__(
         self,

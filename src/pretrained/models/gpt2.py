@@ -53,6 +53,10 @@ class GPT2Config(PretrainedConfig):
     """
 
     model_type = "gpt2"
+    base_model_tp_plan = {  # tensor parallel (tp_plan="auto"): c_attn is fused q/k/v, see pretrained.distributed
+        "h.*.attn.c_attn": "packed_colwise", "h.*.attn.c_proj": "rowwise",
+        "h.*.mlp.c_fc": "colwise", "h.*.mlp.c_proj": "rowwise",
+    }
     keys_to_ignore_at_inference = ["past_key_values"]
     attribute_map = {
         "hidden_size": "n_embd",

@@ -67,6 +67,11 @@ class LlamaConfig(PretrainedConfig):
     """
 
     model_type = "llama"
+    base_model_tp_plan = {  # tensor parallel (tp_plan="auto"): see pretrained.distributed
+        "layers.*.self_attn.q_proj": "colwise", "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise", "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise", "layers.*.mlp.up_proj": "colwise", "layers.*.mlp.down_proj": "rowwise",
+    }
     keys_to_ignore_at_inference = ["past_key_values"]
 
     def __init__(

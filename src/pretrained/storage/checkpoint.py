@@ -350,6 +350,15 @@ class Checkpoint:
                 done += count
         return tensor
 
+    def locate(self, name: str) -> Optional[tuple[int, "TensorInfo", str]]:
+        """``(fd, header entry, file)`` of ``name`` for byte-range reads (see
+        :mod:`pretrained.storage.slices`); ``None`` for ``.bin`` checkpoints."""
+        file = self.file_of(name)
+        fd = self._fds.get(file)
+        if self.format != "safetensors" or fd is None:
+            return None
+        return fd, self._headers[file].tensors[name], file
+
     def chunks(self, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[torch.Tensor]:
         """The tensor ``name`` as consecutive flat pieces of about ``chunk_bytes``.
 
