@@ -25,14 +25,26 @@ _CONFIGS: Dict[str, Tuple[str, str]] = {
     "bert": ("pretrained.models.bert", "BertConfig"),
     "gpt2": ("pretrained.models.gpt2", "GPT2Config"),
     "llama": ("pretrained.models.llama", "LlamaConfig"),
+    "mistral": ("pretrained.models.mistral", "MistralConfig"),
+    "qwen2": ("pretrained.models.qwen2", "Qwen2Config"),
+    "qwen3": ("pretrained.models.qwen3", "Qwen3Config"),
+    "gemma": ("pretrained.models.gemma", "GemmaConfig"),
     "t5": ("pretrained.models.t5", "T5Config"),
 }
-# auto class -> model_type -> model class name (in the same module as the config)
+# auto class -> model_type -> model class name (in the same module as the config, or "module:Class")
+_DECODERS = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma": "Gemma"}
+_BERT_HEADS = "pretrained.models.bert_heads:"
 _MODELS: Dict[str, Dict[str, str]] = {
-    "AutoModel": {"bert": "BertModel", "gpt2": "GPT2Model", "llama": "LlamaModel", "t5": "T5Model"},
-    "AutoModelForCausalLM": {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"},
+    "AutoModel": {"bert": "BertModel", "gpt2": "GPT2Model", "t5": "T5Model",
+                  **{t: f"{n}Model" for t, n in _DECODERS.items()}},
+    "AutoModelForCausalLM": {"gpt2": "GPT2LMHeadModel", **{t: f"{n}ForCausalLM" for t, n in _DECODERS.items()}},
     "AutoModelForMaskedLM": {"bert": "BertForMaskedLM"},
     "AutoModelForSeq2SeqLM": {"t5": "T5ForConditionalGeneration"},
+    "AutoModelForSequenceClassification": {
+        "bert": _BERT_HEADS + "BertForSequenceClassification", "gpt2": "GPT2ForSequenceClassification",
+        **{t: f"{n}ForSequenceClassification" for t, n in _DECODERS.items()}},
+    "AutoModelForTokenClassification": {"bert": _BERT_HEADS + "BertForTokenClassification"},
+    "AutoModelForQuestionAnswering": {"bert": _BERT_HEADS + "BertForQuestionAnswering"},
 }
 _REGISTERED_CONFIGS: Dict[str, Type[PretrainedConfig]] = {}
 _REGISTERED_MODELS: Dict[str, Dict[type, type]] = {name: {} for name in _MODELS}
@@ -188,7 +200,8 @@ class _BaseAutoModel:
             return registry[type(config)]
         table = _MODELS[cls._auto_name]
         if config.model_type in table and config.model_type in _CONFIGS:
-            return _import_attr(_CONFIGS[config.model_type][0], table[config.model_type])
+            module, _, name = table[config.model_type].rpartition(":")
+            return _import_attr(module or _CONFIGS[config.model_type][0], name)
         raise ValueError(
             f"Unrecognized configuration class {type(config).__name__} for {cls.__name__}; it supports "
             f"model types {sorted(table)}"
@@ -246,7 +259,7 @@ class AutoModel(_BaseAutoModel):
 
 
 class AutoModelForCausalLM(_BaseAutoModel):
-    """Causal language models: GPT-2, Llama."""
+    """Causal language models: GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma."""
 
     _auto_name = "AutoModelForCausalLM"
 
@@ -261,3 +274,21 @@ class AutoModelForSeq2SeqLM(_BaseAutoModel):
     """Encoder-decoder language models: T5."""
 
     _auto_name = "AutoModelForSeq2SeqLM"
+
+
+class AutoModelForSequenceClassification(_BaseAutoModel):
+    """Sequence classifiers: BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma."""
+
+    _auto_name = "AutoModelForSequenceClassification"
+
+
+class AutoModelForTokenClassification(_BaseAutoModel):
+    """Token classifiers: BERT."""
+
+    _auto_name = "AutoModelForTokenClassification"
+
+
+class AutoModelForQuestionAnswering(_BaseAutoModel):
+    """Extractive question answering: BERT."""
+
+    _auto_name = "AutoModelForQuestionAnswering"

@@ -70,7 +70,7 @@ class PretrainedConfig:
         self.eos_token_id = kwargs.pop("eos_token_id", None)
         self.sep_token_id = kwargs.pop("sep_token_id", None)
         self.decoder_start_token_id = kwargs.pop("decoder_start_token_id", None)
-        self.problem_type = kwargs.pop("problem_type", None)
+        _set_labels(self, kwargs)
 
         dtype = kwargs.pop("dtype", None)
         torch_dtype = kwargs.pop("torch_dtype", None)
@@ -144,8 +144,15 @@ class PretrainedConfig:
 
     @property
     def num_labels(self) -> int:
-        id2label = getattr(self, "id2label", None)
-        return len(id2label) if id2label else 2
+        """``len(id2label)``; setting another count rebuilds ``id2label``/``label2id``
+        as ``LABEL_0``, ``LABEL_1``... (Transformers 4.37)."""
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, num_labels: int) -> None:
+        if getattr(self, "id2label", None) is None or len(self.id2label) != num_labels:
+            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+            self.label2id = dict(zip(self.id2label.values(), self.id2label.keys()))
 
     def get_text_config(self, decoder: bool = False) -> "PretrainedConfig":
         return self
@@ -293,6 +300,39 @@ class PretrainedConfig:
         if auto_class != "AutoConfig":
             raise ValueError(f"{auto_class} is not a valid auto class for a config")
         cls._auto_class = auto_class
+
+
+_PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+def _set_labels(config: "PretrainedConfig", kwargs: Dict[str, Any]) -> None:
+    """``id2label``/``label2id``/``num_labels``/``problem_type`` as Transformers 4.37
+    sets them: ``id2label`` wins over ``num_labels`` (default 2 labels), its JSON
+    string keys become ints again."""
+    id2label, label2id = kwargs.pop("id2label", None), kwargs.pop("label2id", None)
+    num_labels = kwargs.pop("num_labels", None)
+    if label2id is not None and not isinstance(label2id, dict):
+        raise ValueError(f"config key 'label2id' must be a dict, got {type(label2id).__name__}")
+    if id2label is not None and not isinstance(id2label, dict):
+        raise ValueError(f"config key 'id2label' must be a dict, got {type(id2label).__name__}")
+    config.label2id = label2id
+    if id2label is not None:
+        try:
+            config.id2label = {int(key): value for key, value in id2label.items()}
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"config key 'id2label' must map label ids to names, got {str(id2label)[:80]}") from None
+        if num_labels is not None and num_labels != len(id2label):
+            from .logging import get_logger
+
+            get_logger(__name__).warning("num_labels=%s is not the length of id2label (%s): id2label wins",
+                                         num_labels, len(id2label))
+    else:
+        config.id2label = None
+        config.num_labels = 2 if num_labels is None else num_labels
+    problem_type = kwargs.pop("problem_type", None)
+    if problem_type is not None and problem_type not in _PROBLEM_TYPES:
+        raise ValueError(f"config key 'problem_type' must be one of {_PROBLEM_TYPES} or None, got {problem_type!r}")
+    config.problem_type = problem_type
 
 
 _KINDS: Dict[type, Dict[str, Tuple[type, bool]]] = {}

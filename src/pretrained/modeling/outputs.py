@@ -37,6 +37,10 @@ __all__ = [
     "CausalLMOutputWithCrossAttentions",
     "CausalLMOutputWithPast",
     "MaskedLMOutput",
+    "QuestionAnsweringModelOutput",
+    "SequenceClassifierOutput",
+    "SequenceClassifierOutputWithPast",
+    "TokenClassifierOutput",
     "Seq2SeqLMOutput",
     "Seq2SeqModelOutput",
 ]
@@ -211,6 +215,40 @@ class CausalLMOutputWithPast(ModelOutput):
 class MaskedLMOutput(ModelOutput):
     loss: Optional[Tensor] = None
     logits: Optional[Tensor] = None
+    hidden_states: Optional[Tensors] = None
+    attentions: Optional[Tensors] = None
+
+
+@dataclass
+class SequenceClassifierOutput(ModelOutput):
+    loss: Optional[Tensor] = None
+    logits: Optional[Tensor] = None
+    hidden_states: Optional[Tensors] = None
+    attentions: Optional[Tensors] = None
+
+
+@dataclass
+class SequenceClassifierOutputWithPast(ModelOutput):
+    loss: Optional[Tensor] = None
+    logits: Optional[Tensor] = None
+    past_key_values: Optional[Any] = None
+    hidden_states: Optional[Tensors] = None
+    attentions: Optional[Tensors] = None
+
+
+@dataclass
+class TokenClassifierOutput(ModelOutput):
+    loss: Optional[Tensor] = None
+    logits: Optional[Tensor] = None
+    hidden_states: Optional[Tensors] = None
+    attentions: Optional[Tensors] = None
+
+
+@dataclass
+class QuestionAnsweringModelOutput(ModelOutput):
+    loss: Optional[Tensor] = None
+    start_logits: Optional[Tensor] = None
+    end_logits: Optional[Tensor] = None
     hidden_states: Optional[Tensors] = None
     attentions: Optional[Tensors] = None
 

@@ -37,11 +37,14 @@ from ..modeling.attention import attention, causal_mask, find_pruneable_heads_an
 from ..modeling.base import PreTrainedModel
 from ..modeling.cache import DynamicCache, as_cache
 from ..modeling.generation import GenerationMixin, causal_lm_loss
-from ..modeling.outputs import BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions
+from ..modeling.heads import last_token_pooling, sequence_classification_loss
+from ..modeling.outputs import (BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions,
+                                SequenceClassifierOutputWithPast)
 
 logger = get_logger(__name__)
 
-__all__ = ["GPT2Config", "GPT2Model", "GPT2LMHeadModel", "GPT2PreTrainedModel", "Conv1D"]
+__all__ = ["GPT2Config", "GPT2Model", "GPT2LMHeadModel", "GPT2ForSequenceClassification", "GPT2PreTrainedModel",
+           "Conv1D"]
 
 
 class GPT2Config(PretrainedConfig):
@@ -481,3 +484,48 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         )
         return out if return_dict else out.to_tuple()
 
+
+
+class GPT2ForSequenceClassification(GPT2PreTrainedModel):
+    """GPT-2 with a classifier (``score``, no bias) read at each row's last
+    non-padding token (see :func:`pretrained.modeling.heads.last_token_pooling`)."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = GPT2Model(config)
+        self.score = nn.Linear(config.n_embd, self.num_labels, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        past_key_values: Optional[Any] = None,
+        attention_mask: Optional[Tensor] = None,
+        token_type_ids: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        head_mask: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        labels: Optional[Tensor] = None,                                 # (B,) or (B, num_labels)
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[SequenceClassifierOutputWithPast, Tuple]:
+        """Logits (B, num_labels); with ``labels`` the loss ``config.problem_type`` names.
+
+        Raises:
+            ValueError: a batch of more than one and no ``config.pad_token_id``.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        body = self.transformer(
+            input_ids, past_key_values=past_key_values, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.score(body.last_hidden_state)                      # (B, T, num_labels)
+        pooled = last_token_pooling(logits, input_ids, self.config.pad_token_id, model_name=type(self).__name__)
+        loss = sequence_classification_loss(pooled, labels, self.config) if labels is not None else None
+        out = SequenceClassifierOutputWithPast(loss=loss, logits=pooled, past_key_values=body.past_key_values,
+                                               hidden_states=body.hidden_states, attentions=body.attentions)
+        return out if return_dict else out.to_tuple()
