@@ -49,4 +49,10 @@ def split_adapter_path(name_or_path, kwargs: Dict[str, Any], hub: Dict[str, Any]
     return local, base, adapter_args
 
 
-__all__ = ["split_adapter_path"]
+def base_of_adapter(name_or_path, hub: Dict[str, Any]) -> Optional[str]:
+    """The base model an adapter folder names (for its ``config.json``), or ``None`` when it is not one."""
+    adapter, base, _ = split_adapter_path(name_or_path, {}, hub)
+    return None if adapter is None or base is name_or_path else base
+
+
+__all__ = ["base_of_adapter", "split_adapter_path"]

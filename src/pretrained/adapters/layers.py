@@ -100,7 +100,8 @@ class LoraLayer(nn.Module):
 
     def delete_adapter(self, name: str) -> None:
         for table in (self.lora_A, self.lora_B, self.lora_dropout):
-            table.pop(name, None)
+            if name in table:
+                del table[name]
         for table in (self.r, self.lora_alpha, self.scaling):
             table.pop(name, None)
         self.active_adapters = [n for n in self.active_adapters if n != name]
@@ -190,7 +191,8 @@ class ModulesToSaveWrapper(nn.Module):
         self.modules_to_save[name] = copied
 
     def delete_adapter(self, name: str) -> None:
-        self.modules_to_save.pop(name, None)
+        if name in self.modules_to_save:
+            del self.modules_to_save[name]
         self.active_adapters = [n for n in self.active_adapters if n != name]
 
     def current(self) -> nn.Module:
