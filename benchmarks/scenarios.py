@@ -448,5 +448,7 @@ C3 = gpu_scenario("C3", 'Llama 1.1B bf16, device_map="auto", max_memory={0: "1Gi
                   "bfloat16", 'device_map="auto", max_memory={0: "1GiB", "cpu": "1GiB"}, offload_folder=scratch',
                   2e-2)
 
-SCENARIOS = {s.key: s for s in [S1, S2, S3, S4, S4b, S4L, S5, S6, G1, C1, C2, C3]}
+from adapter_scenarios import A1  # noqa: E402  (it imports the names above)
+
+SCENARIOS = {s.key: s for s in [S1, S2, S3, S4, S4b, S4L, S5, S6, G1, A1, C1, C2, C3]}
 DEFAULT_SCENARIOS = [key for key in SCENARIOS if not key.startswith("C")]  # C*: CUDA only
