@@ -13,6 +13,7 @@ predefined) and timed with ``time.perf_counter``. A step that defines
     startup_s     spawn -> this script running (interpreter start-up)
     <metric>      seconds spent in each step (e.g. import_s, load_s, forward_s)
     wall_s        spawn -> end of the last step (for load scenarios: first logits)
+    <name>        every entry of a ``bench_metrics`` dict the steps define
     peak_rss_bytes  ru_maxrss of this process, in bytes
     peak_gpu_bytes  torch.cuda.max_memory_allocated(), where CUDA was initialised
     torch_threads   torch.get_num_threads(), if torch was imported
@@ -56,6 +57,7 @@ def main() -> None:
         exec(compile(code, f"<{metric}>", "exec"), namespace)
         result[metric] = time.perf_counter() - start
     result["wall_s"] = time.time() - t0
+    result.update(namespace.get("bench_metrics") or {})  # numbers a step reports itself (e.g. an RSS delta)
 
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if "torch" in sys.modules:

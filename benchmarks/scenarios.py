@@ -505,5 +505,7 @@ Q1 = Scenario(
     "right after the (quantize-on-)load; footprint = get_memory_footprint(); *_all also quantize the LM head",
 )
 
-SCENARIOS = {s.key: s for s in [S1, S2, S3, S4, S4b, S4L, S5, S6, G1, C1, C2, C3, Q1]}
+from adapter_scenarios import A1  # noqa: E402  (it imports the names above)
+
+SCENARIOS = {s.key: s for s in [S1, S2, S3, S4, S4b, S4L, S5, S6, G1, A1, C1, C2, C3, Q1]}
 DEFAULT_SCENARIOS = [key for key in SCENARIOS if not key.startswith(("C", "Q"))]  # C*: CUDA only; Q*: slow

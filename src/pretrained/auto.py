@@ -226,6 +226,10 @@ class _BaseAutoModel:
         """Load the model class that the checkpoint's config names (see
         :meth:`pretrained.PreTrainedModel.from_pretrained` for the keywords)."""
         hub = {k: kwargs[k] for k in _HUB_KEYS if k in kwargs}
+        if config is None:  # an adapter folder: the config of the base model it names
+            from .adapters.entry import base_of_adapter
+
+            config = base_of_adapter(pretrained_model_name_or_path, hub)
         if not isinstance(config, PretrainedConfig):
             config_kwargs = {k: v for k, v in kwargs.items()
                              if k not in hub and k not in _MODEL_LOAD_KEYS}

@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..adapters.mixin import AdapterMixin
 from ..configuration import PretrainedConfig
 from ..distributed.tensor_parallel import maybe_tensor_parallel
 from ..errors import CheckpointNotFoundError
@@ -45,7 +46,7 @@ _IGNORED_LOAD_KWARGS = ("_fast_init", "proxies", "mirror", "resume_download", "_
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
-class PreTrainedModel(nn.Module, ModuleUtilsMixin):
+class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
     """Base class of all models: loading, saving, surgery and accounting.
 
     Subclasses set ``config_class``, ``base_model_prefix`` and, where they apply,
@@ -365,7 +366,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         kwargs.update(gradient_checkpointing_kwargs or {})
         checkpoint = functools.partial(checkpoint_block, **kwargs)
         self._set_gradient_checkpointing(True, checkpoint)
-        if kwargs.get("use_reentrant"):
+        if kwargs.get("use_reentrant") or self._hf_peft_config_loaded:  # frozen embeddings under an adapter
             self.enable_input_require_grads()
 
     def gradient_checkpointing_disable(self) -> None:
@@ -586,6 +587,10 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         hub = dict(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only,
                    token=token, revision=revision, subfolder=subfolder)
         requested_dtype = _pick_dtype(torch_dtype, dtype)
+        from ..adapters.entry import split_adapter_path  # an adapter folder: its base model, then the adapter
+
+        adapter_path, pretrained_model_name_or_path, adapter_args = split_adapter_path(
+            pretrained_model_name_or_path, kwargs, hub)
 
         # 1. config
         if not isinstance(config, PretrainedConfig):
@@ -664,6 +669,8 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
                 checkpoint.close()
 
         model.eval()
+        if adapter_path is not None:
+            model.load_adapter(adapter_path, **adapter_args)
         if model.can_generate():
             model.generation_config = _load_generation_config(
                 config, pretrained_model_name_or_path, checkpoint.resolved.folder if checkpoint else None, hub)
@@ -730,11 +737,18 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin):
         config.torch_dtype = dtype_name(self.dtype)
         config.architectures = [type(self).__name__]
         extra_files: Dict[str, Union[str, bytes]] = {}
+        if self._hf_peft_config_loaded:  # only the adapter is saved, in PEFT's layout (as Transformers does)
+            extra_files.update(self._adapter_save_files(save_peft_format=save_peft_format, save_function=save_function,
+                                                        safe_serialization=safe_serialization))
         if self._auto_class is not None:
             extra_files.update(_custom_code_files(self, config))
-        extra_files["config.json"] = config.to_json_string()
+        if not self._hf_peft_config_loaded:
+            extra_files["config.json"] = config.to_json_string()
         if self.can_generate() and self.generation_config is not None:
             extra_files[GENERATION_CONFIG_NAME] = self.generation_config.to_json_string()
+        if self._hf_peft_config_loaded:
+            save_checkpoint(save_directory, None, extra_files=extra_files, durable=durable)
+            return self._push_folder(save_directory, token=token, **kwargs) if push_to_hub else None
 
         if state_dict is None:
             state_dict = self.state_dict()

@@ -328,7 +328,7 @@ def _replace_one_by_one(temp: str, target: str, written: list[str], commit: str,
                 shutil.rmtree(path)
             _move_into(os.path.join(temp, *name.split("/")), path, sync)
         for entry in os.listdir(target):
-            if names.is_family_file(entry, fmt, variant) and entry not in written:
+            if fmt is not None and names.is_family_file(entry, fmt, variant) and entry not in written:
                 os.unlink(os.path.join(target, entry))
         sync.folder(target)
     except OSError as exc:
@@ -490,7 +490,7 @@ def _skip_entry(target: str, written: list[str], fmt: str, variant: Optional[str
     folders = {name.split("/")[0] for name in written if "/" in name}
 
     def skip(entry: str) -> bool:
-        if entry in files or names.is_family_file(entry, fmt, variant):
+        if entry in files or (fmt is not None and names.is_family_file(entry, fmt, variant)):
             return True
         return entry in folders and not os.path.isdir(os.path.join(target, entry))
 
@@ -519,7 +519,7 @@ def _target_path(folder: PathLike) -> str:
 
 def save_checkpoint(
     folder: PathLike,
-    state_dict: Mapping[str, torch.Tensor],
+    state_dict: Optional[Mapping[str, torch.Tensor]],
     *,
     max_shard_size: Union[int, str] = 5 * 10**9,
     safe_serialization: bool = True,
@@ -536,7 +536,8 @@ def save_checkpoint(
     Args:
         folder: the checkpoint folder; created (with its parents) if missing.
         state_dict: name -> tensor (or :class:`LazyTensor`, loaded only while it is written),
-            in storage order; tied weights already deduplicated.
+            in storage order; tied weights already deduplicated. ``None``: write only
+            ``extra_files`` and keep the folder's weights files (an adapter save).
         max_shard_size: shard limit, bytes or a size string (``"5GB"``, ``"2GiB"``).
         safe_serialization: ``True`` writes ``model*.safetensors``; ``False``
             writes ``pytorch_model*.bin`` with ``save_function``.
@@ -571,14 +572,18 @@ def save_checkpoint(
     """
     fmt = "safetensors" if safe_serialization else "bin"
     target = _target_path(folder)
-    tensors = _check_state_dict(state_dict, no_aliases=safe_serialization)
+    only_extra = state_dict is None  # side files alone (an adapter): the weights family is left as it is
+    tensors = {} if only_extra else _check_state_dict(state_dict, no_aliases=safe_serialization)
     extra = _check_extra_files(extra_files, fmt, variant)
     file_metadata = _file_metadata(metadata) if safe_serialization else {}
     plan = plan_shards([(name, _nbytes(t)) for name, t in tensors.items()],
                        max_shard_size, fmt=fmt, variant=variant)
-    weights = list(plan.files) + ([names.index_name(fmt, variant)] if plan.is_sharded else [])
+    weights = [] if only_extra else list(plan.files) + ([names.index_name(fmt, variant)] if plan.is_sharded else [])
     written = weights + list(extra)
-    commit = weights[-1]  # the single file, or the index: what loaders look for first
+    if not written:
+        raise ValueError("save_checkpoint needs a state_dict or extra_files")
+    commit = written[-1] if only_extra else weights[-1]  # the single file or index: what loaders look for first
+    fmt = None if only_extra else fmt
 
     parent, base = os.path.split(target)
     temp = None
@@ -590,9 +595,10 @@ def save_checkpoint(
         if os.path.isdir(target):
             os.chmod(temp, stat.S_IMODE(os.stat(target).st_mode))
             _link_tree(target, temp, _skip_entry(target, written, fmt, variant))
-        _write_weights(temp, plan, tensors, fmt=fmt, variant=variant, file_metadata=file_metadata,
-                       save_function=save_function, index_metadata=index_metadata, checksums=checksums,
-                       sync=sync)
+        if not only_extra:
+            _write_weights(temp, plan, tensors, fmt=fmt, variant=variant, file_metadata=file_metadata,
+                           save_function=save_function, index_metadata=index_metadata, checksums=checksums,
+                           sync=sync)
         for name, content in extra.items():
             _write_extra_file(temp, name, content, sync)
         sync.wait()  # every file on disk before the folder that names them is swapped in

@@ -1,0 +1,210 @@
+"""The modules an adapter puts in a model: a LoRA wrapper and a modules-to-save wrapper.
+
+Both keep PEFT's attribute names, so ``model.state_dict()`` of a model with
+adapters has the names Transformers' PEFT integration gives it:
+``<target>.base_layer.weight``, ``<target>.lora_A.<adapter>.weight``,
+``<target>.lora_B.<adapter>.weight``; ``<module>.original_module.*`` and
+``<module>.modules_to_save.<adapter>.*``.
+
+Shape notation: ``x`` is ``(..., in_features)``; ``lora_A`` maps ``in -> r``,
+``lora_B`` maps ``r -> out``; ``ΔW = scaling · B @ A`` is ``(out, in)``
+(transposed to ``(in, out)`` for a ``fan_in_fan_out`` target such as GPT-2's Conv1D).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+
+def linear_features(module: nn.Module) -> Optional[Tuple[int, int, bool]]:
+    """``(in_features, out_features, fan_in_fan_out)`` of a Linear-like module, else ``None``.
+
+    ``nn.Linear`` stores ``(out, in)``; a Conv1D (attributes ``nx``/``nf``, weight
+    ``(nx, nf)``, as GPT-2's) stores ``(in, out)``.
+    """
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features, False
+    weight = getattr(module, "weight", None)
+    nx, nf = getattr(module, "nx", None), getattr(module, "nf", None)
+    if isinstance(nx, int) and isinstance(nf, int) and isinstance(weight, torch.Tensor) \
+            and tuple(weight.shape) == (nx, nf):
+        return nx, nf, True
+    return None
+
+
+class LoraLayer(nn.Module):
+    """A Linear (or Conv1D) with low-rank adapters: ``y = base(x) + Σ scaling · B(A(dropout(x)))``.
+
+    Args:
+        base_layer: the wrapped module (kept as ``base_layer``; it keeps its hooks).
+        fan_in_fan_out: the base stores its weight as ``(in, out)``.
+    """
+
+    def __init__(self, base_layer: nn.Module, *, fan_in_fan_out: bool) -> None:
+        super().__init__()
+        features = linear_features(base_layer)
+        if features is None:
+            raise TypeError(f"LoRA needs an nn.Linear or Conv1D, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.in_features, self.out_features, _ = features
+        self.fan_in_fan_out = fan_in_fan_out
+        self.lora_dropout = nn.ModuleDict()
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.r: Dict[str, int] = {}
+        self.lora_alpha: Dict[str, float] = {}
+        self.scaling: Dict[str, float] = {}
+        self.active_adapters: List[str] = []
+        self.disable_adapters = False
+        self.merged_adapters: List[str] = []
+        self._is_hf_initialized = True
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        return getattr(self.base_layer, "bias", None)
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    def update_layer(self, name: str, *, r: int, lora_alpha: float, lora_dropout: float, use_rslora: bool,
+                     init_lora_weights, device: torch.device, dtype: torch.dtype) -> None:
+        """Add adapter ``name`` (PEFT's initialisation for ``init_lora_weights`` True / "gaussian" / False;
+        ``None`` leaves the factors uninitialised, for a load that fills them)."""
+        self.r[name], self.lora_alpha[name] = r, lora_alpha
+        self.scaling[name] = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+        self.lora_dropout[name] = nn.Dropout(p=lora_dropout) if lora_dropout > 0.0 else nn.Identity()
+        a = nn.Linear(self.in_features, r, bias=False, device="meta", dtype=dtype).to_empty(device=device)
+        b = nn.Linear(r, self.out_features, bias=False, device="meta", dtype=dtype).to_empty(device=device)
+        if init_lora_weights is not None and device.type != "meta":  # None: left empty, a file fills them
+            if init_lora_weights is False:  # nn.Linear's own initialisation of both (not a no-op)
+                a.reset_parameters(), b.reset_parameters()
+            else:
+                if init_lora_weights is True:
+                    nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+                else:  # "gaussian"
+                    nn.init.normal_(a.weight, std=1 / r)
+                nn.init.zeros_(b.weight)
+        for module in (a, b):
+            module._is_hf_initialized = True
+        self.lora_A[name], self.lora_B[name] = a, b
+
+    def delete_adapter(self, name: str) -> None:
+        for table in (self.lora_A, self.lora_B, self.lora_dropout):
+            if name in table:
+                del table[name]
+        for table in (self.r, self.lora_alpha, self.scaling):
+            table.pop(name, None)
+        self.active_adapters = [n for n in self.active_adapters if n != name]
+
+    def get_delta_weight(self, name: str) -> torch.Tensor:
+        """``scaling · B @ A`` in the base weight's layout (float32 math for half weights on CPU, as PEFT)."""
+        weight_a, weight_b = self.lora_A[name].weight, self.lora_B[name].weight
+        dtype = weight_b.dtype
+        upcast = weight_b.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)
+        if upcast:
+            weight_a, weight_b = weight_a.float(), weight_b.float()
+        delta = weight_b @ weight_a                                          # (out, in)
+        if self.fan_in_fan_out:
+            delta = delta.T
+        delta = delta * self.scaling[name]
+        return delta.to(dtype) if upcast else delta
+
+    def merge(self, names: Optional[Sequence[str]] = None) -> None:
+        """Fold the adapters ``names`` (default: the active ones not yet merged) into the base weight, in place."""
+        weight = self.base_layer.weight
+        if weight.device.type == "meta":
+            raise RuntimeError("cannot merge a LoRA adapter into a weight that is offloaded (on the meta device); "
+                               "load the model without disk/CPU offload to merge")
+        for name in names if names is not None else self.active_adapters:
+            if name in self.lora_A and name not in self.merged_adapters:
+                with torch.no_grad():
+                    weight.add_(self.get_delta_weight(name).to(weight.dtype))
+                self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Take every merged adapter back out of the base weight (last merged first)."""
+        weight = self.base_layer.weight
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            with torch.no_grad():
+                weight.sub_(self.get_delta_weight(name).to(weight.dtype))
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters and self.merged_adapters:
+            self.unmerge()
+        result = self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters or self.merged_adapters:
+            return result
+        result_dtype = result.dtype
+        for name in self.active_adapters:
+            lora_a = self.lora_A[name] if name in self.lora_A else None
+            if lora_a is None:
+                continue
+            weight_a = lora_a.weight
+            h = x if x.dtype == weight_a.dtype and x.device == weight_a.device else x.to(weight_a)
+            h = self.lora_dropout[name](h)
+            h = self.lora_B[name](lora_a(h)) * self.scaling[name]                 # (..., out)
+            result = result + (h if h.device == result.device else h.to(result.device))
+        return result.to(result_dtype)
+
+    def extra_repr(self) -> str:
+        return f"adapters={list(self.lora_A)}, active={self.active_adapters}"
+
+
+class ModulesToSaveWrapper(nn.Module):
+    """A module trained and saved whole for an adapter: the active adapter's copy runs instead of the original.
+
+    Args:
+        module: the original module (kept as ``original_module``).
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.original_module = module
+        self.modules_to_save = nn.ModuleDict()
+        self.active_adapters: List[str] = []
+        self.disable_adapters = False
+        self._is_hf_initialized = True
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("original_module", "modules_to_save"):
+                raise
+            return getattr(self.original_module, name)
+
+    def update(self, name: str) -> None:
+        copied = copy.deepcopy(self.original_module)
+        for module in copied.modules():
+            module._is_hf_initialized = True
+        self.modules_to_save[name] = copied
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.modules_to_save:
+            del self.modules_to_save[name]
+        self.active_adapters = [n for n in self.active_adapters if n != name]
+
+    def current(self) -> nn.Module:
+        """The module that runs: the first active adapter's copy, else the original."""
+        if not self.disable_adapters:
+            for name in self.active_adapters:
+                if name in self.modules_to_save:
+                    return self.modules_to_save[name]
+        return self.original_module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.current()(*args, **kwargs)
+
+
+__all__ = ["LoraLayer", "ModulesToSaveWrapper", "linear_features"]
