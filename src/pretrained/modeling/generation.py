@@ -69,6 +69,7 @@ from torch import Tensor
 
 from ..configuration import load_config_dict
 from ..logging import get_logger
+from .generation_checks import as_generation_config_dict, check_model_kwargs
 from .outputs import ModelOutput
 
 logger = get_logger(__name__)
@@ -365,8 +366,9 @@ class GenerationMixin:
         for name in self._per_position_inputs:
             if kwargs.get(name) is not None:
                 inputs[name] = kwargs[name][:, past:]
-        if "logits_to_keep" in kwargs:
-            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
+        for name, value in kwargs.items():      # anything else the caller gave generate, as Transformers does
+            if name not in inputs and name not in self._per_position_inputs and value is not None:
+                inputs[name] = value
         return inputs
 
     def _forward_accepts(self, name: str) -> bool:
@@ -498,6 +500,10 @@ class GenerationMixin:
         if attention_mask is None:
             attention_mask = self._default_attention_mask(input_ids, pad, eos)
 
+        check_model_kwargs(self, model_kwargs, known=("past_key_values", "cache"))
+        if getattr(self.config, "is_encoder_decoder", False) and model_kwargs.get("decoder_input_ids") is not None:
+            raise NotImplementedError("generate(): decoder_input_ids (a decoder prompt) is not supported; decoding "
+                                      "starts from decoder_start_token_id")
         past_key_values = model_kwargs.pop("past_key_values", model_kwargs.pop("cache", None))
         start = settings["decoder_start_token_id"]
         ids, grow_inputs = self._start_generation(input_ids, attention_mask, model_kwargs,
@@ -680,11 +686,11 @@ class GenerationMixin:
         replaces both values of the sources below it.
 
         Raises:
-            TypeError: ``generation_config`` is not a :class:`GenerationConfig`.
+            TypeError: ``generation_config`` is neither a :class:`GenerationConfig` nor has ``to_dict()``.
             NotImplementedError: an option of ``_UNSUPPORTED`` is not neutral.
         """
         if generation_config is not None and not isinstance(generation_config, GenerationConfig):
-            raise TypeError(f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}")
+            generation_config = GenerationConfig.from_dict(as_generation_config_dict(generation_config))
         passed = {name: model_kwargs.pop(name) for name in _UNSUPPORTED if name in model_kwargs}
         sources = [config.to_dict() for config in (getattr(self, "generation_config", None), generation_config)
                    if config is not None]
