@@ -165,11 +165,16 @@ def test_cache_and_no_cache_agree(pair, prompt):
 
 
 def test_max_length_and_zero_new_tokens(pair, prompt):
-    ours, _ = pair
+    ours, theirs = pair
     ids, mask = prompt
     assert ours.generate(ids, attention_mask=mask, max_length=10, eos_token_id=[]).shape == (3, 10)
     assert ours.generate(ids, attention_mask=mask, eos_token_id=[]).shape == (3, 7 + 20)     # default: 20 new
-    assert torch.equal(ours.generate(ids, attention_mask=mask, max_new_tokens=0), ids)
+    # max_new_tokens=0 (or a max_length the prompt reaches) raises, as in Transformers 5.25 (docs/guide.md)
+    for options in (dict(max_new_tokens=0), dict(max_length=7), dict(max_new_tokens=0, num_beams=2)):
+        with pytest.raises(ValueError, match="max_"):
+            theirs.generate(ids, attention_mask=mask, pad_token_id=PAD, **options)
+        with pytest.raises(ValueError, match="max_"):
+            ours.generate(ids, attention_mask=mask, **options)
 
 
 @pytest.mark.parametrize("seed, options", [
@@ -399,7 +404,6 @@ def test_beam_search_arguments(pair, prompt):
     assert torch.equal(ours.generate(ids, generation_config=config, **kwargs),
                        ours.generate(ids, num_beams=3, num_return_sequences=2, length_penalty=0.5, early_stopping=True,
                                      **kwargs))
-    assert ours.generate(ids, max_new_tokens=0, num_beams=3, num_return_sequences=2).shape == (6, 7)
 
 
 # ----------------------------------------------------------------------------- generation config

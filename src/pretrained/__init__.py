@@ -58,6 +58,13 @@ _EXPORTS = {
     "DynamicCache": "pretrained.modeling.cache",
     "GenerationConfig": "pretrained.modeling.generation",
     "GenerationMixin": "pretrained.modeling.generation",
+    "StoppingCriteria": "pretrained.modeling.stopping_criteria",
+    "StoppingCriteriaList": "pretrained.modeling.stopping_criteria",
+    "MaxLengthCriteria": "pretrained.modeling.stopping_criteria",
+    "GenerateDecoderOnlyOutput": "pretrained.modeling.generation_outputs",
+    "GenerateEncoderDecoderOutput": "pretrained.modeling.generation_outputs",
+    "GenerateBeamDecoderOnlyOutput": "pretrained.modeling.generation_outputs",
+    "GenerateBeamEncoderDecoderOutput": "pretrained.modeling.generation_outputs",
     # auto classes
     "AutoConfig": "pretrained.auto",
     "AutoModel": "pretrained.auto",

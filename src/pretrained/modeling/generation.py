@@ -69,6 +69,11 @@ from torch import Tensor
 
 from ..configuration import load_config_dict
 from ..logging import get_logger
+from .logits_process import _apply_processors, _penalize_repetitions, build_logits_processor, process_logits  # noqa: F401,E501
+from .decoding import DecodeSettings, decode
+from .generation_checks import (as_generation_config_dict, check_model_kwargs, check_new_options,
+                                generation_lengths, recorded_outputs)
+from .generation_outputs import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
 from .outputs import ModelOutput
 
 logger = get_logger(__name__)
@@ -80,15 +85,17 @@ DEFAULT_MAX_NEW_TOKENS = 20
 # Options of Transformers' generate that this one does not implement: refused, never ignored, whether
 # passed to generate or set by a generation config.  A value of None (or an empty list) is neutral too.
 _UNSUPPORTED = {
-    "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
-    "encoder_repetition_penalty": 1.0, "return_dict_in_generate": False, "output_scores": False,
-    "assistant_model": None, "streamer": None, "logits_processor": None, "stopping_criteria": None,
-    "penalty_alpha": None, "num_beam_groups": 1, "typical_p": 1.0, "min_p": None, "epsilon_cutoff": 0.0,
+    "encoder_no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1.0,
+    "assistant_model": None, "logits_processor": None,
+    "penalty_alpha": None, "num_beam_groups": 1, "typical_p": 1.0, "epsilon_cutoff": 0.0,
     "eta_cutoff": 0.0, "forced_bos_token_id": None, "forced_eos_token_id": None, "bad_words_ids": None,
     "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
     "exponential_decay_length_penalty": None, "guidance_scale": None, "stop_strings": None, "max_time": None,
     "diversity_penalty": 0.0, "constraints": None, "force_words_ids": None,
 }
+# Generation-config options implemented here beyond the named arguments of generate (taken from its keywords).
+_OPTIONS = ("no_repeat_ngram_size", "min_p", "return_dict_in_generate", "output_scores", "output_logits",
+            "output_attentions", "output_hidden_states")
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 # Each pair states one limit two ways; whoever sets either one (argument, generation config) sets the limit.
 _LENGTH_PAIRS = (("max_new_tokens", "max_length"), ("min_new_tokens", "min_length"))
@@ -129,7 +136,9 @@ class GenerationConfig:
     do_sample = temperature = top_k = top_p = repetition_penalty = None
     num_beams = num_return_sequences = length_penalty = early_stopping = None
     bos_token_id = eos_token_id = pad_token_id = decoder_start_token_id = None
-    _FIELDS = ("max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample", "temperature",
+    no_repeat_ngram_size = min_p = return_dict_in_generate = output_scores = output_logits = None
+    output_attentions = output_hidden_states = None
+    _FIELDS = _OPTIONS + ("max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample", "temperature",
                "top_k", "top_p", "repetition_penalty", "num_beams", "num_return_sequences", "length_penalty",
                "early_stopping") + _TOKEN_IDS
 
@@ -202,39 +211,6 @@ class GenerationConfig:
         return f"{type(self).__name__} {self.to_json_string()}"
 
 
-def process_logits(
-    scores: Tensor,
-    *,
-    temperature: Optional[float] = None,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-) -> Tensor:
-    """Sampling's logits processors in Transformers' order: temperature, top-k, top-p.
-
-    Args:
-        scores: (B, V) float logits.
-        temperature: divides the logits (skipped when None or 1.0).
-        top_k: keep the k largest (ties with the k-th kept too); None or 0 skips.
-        top_p: keep the smallest set of largest-probability tokens whose mass
-            reaches ``top_p`` (at least one); None or 1.0 skips.
-
-    Returns:
-        (B, V) with removed tokens at ``-inf``.
-    """
-    if temperature is not None and temperature != 1.0:
-        scores = scores / temperature
-    if top_k is not None and top_k != 0:
-        k = min(top_k, scores.size(-1))
-        scores = scores.masked_fill(scores < torch.topk(scores, k)[0][..., -1, None], -float("inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, sorted_indices = torch.sort(scores, descending=False)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        remove = cumulative <= (1 - top_p)                                    # (B, V) in ascending order
-        remove[..., -1:] = False                                              # keep at least one
-        scores = scores.masked_fill(remove.scatter(1, sorted_indices, remove), -float("inf"))
-    return scores
-
-
 def _check_sampling(temperature, top_k, top_p) -> None:
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
         raise ValueError(f"temperature must be a strictly positive float, got {temperature!r} "
@@ -258,29 +234,16 @@ def _check_beams(num_beams, num_return_sequences, length_penalty, early_stopping
     for name, value in (("num_beams", num_beams), ("num_return_sequences", num_return_sequences)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if do_sample and (num_beams > 1 or num_return_sequences > 1):
-        raise NotImplementedError(f"generate(): do_sample=True with num_beams={num_beams}, num_return_sequences="
-                                  f"{num_return_sequences} (beam sampling, several samples) is not supported; "
-                                  "beam search is deterministic only (do_sample=False)")
-    if num_return_sequences > num_beams:
+    if do_sample and num_beams > 1:
+        raise NotImplementedError(f"generate(): do_sample=True with num_beams={num_beams} (beam sampling) is not "
+                                  "supported; beam search is deterministic only (do_sample=False)")
+    if num_return_sequences > num_beams and not do_sample:
         raise ValueError(f"num_return_sequences ({num_return_sequences}) must be <= num_beams ({num_beams}): "
                          "beam search returns some of its beams, greedy decoding one sequence")
     if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool):
         raise ValueError(f"length_penalty must be a float, got {length_penalty!r}")
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-
-
-def _apply_processors(scores: Tensor, ids: Tensor, penalty: Optional[float], skip: Optional[Tensor],
-                      eos_ids: Optional[Tensor], min_length: int) -> Tensor:
-    """The repetition penalty (``penalty`` None: none), then EOS forbidden while ``ids`` is
-    shorter than ``min_length``.  ``scores`` (B, V): logits, or log-probabilities in beam search."""
-    if penalty is not None:
-        scores = _penalize_repetitions(scores, ids, penalty, skip)
-    if eos_ids is not None and ids.shape[1] < min_length:
-        vocab = torch.arange(scores.shape[-1], device=scores.device)
-        scores = scores.masked_fill(torch.isin(vocab, eos_ids), -float("inf"))
-    return scores
 
 
 def _repeat_rows(value: Any, times: int) -> Any:
@@ -291,28 +254,6 @@ def _repeat_rows(value: Any, times: int) -> Any:
     if isinstance(value, ModelOutput):
         return type(value)(**{key: _repeat_rows(field, times) for key, field in value.items()})
     return value
-
-
-def _penalize_repetitions(scores: Tensor, ids: Tensor, penalty: float, skip: Optional[Tensor] = None) -> Tensor:
-    """Transformers' (CTRL's) repetition penalty.
-
-    Args:
-        scores: (B, V) float logits.
-        ids: (B, L) the sequence so far.
-        penalty: a seen token's positive score is divided by it, a negative one multiplied.
-        skip: (B,) leading positions of each row that do not count (left padding), or None.
-
-    Returns:
-        (B, V) the penalised scores.
-    """
-    vocab = scores.shape[-1]
-    ids = ids.clamp(max=vocab)                                  # ids the head cannot produce: column V, dropped
-    if skip is not None:
-        positions = torch.arange(ids.shape[1], device=ids.device)
-        ids = ids.masked_fill(positions < skip[:, None], vocab)
-    seen = torch.zeros(scores.shape[0], vocab + 1, dtype=torch.bool, device=scores.device)
-    seen = seen.scatter(1, ids, True)[:, :vocab]                                 # (B, V)
-    return torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
 
 
 def _is_neutral(value: Any, neutral: Any) -> bool:
@@ -365,8 +306,9 @@ class GenerationMixin:
         for name in self._per_position_inputs:
             if kwargs.get(name) is not None:
                 inputs[name] = kwargs[name][:, past:]
-        if "logits_to_keep" in kwargs:
-            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
+        for name, value in kwargs.items():      # anything else the caller gave generate, as Transformers does
+            if name not in inputs and name not in self._per_position_inputs and value is not None:
+                inputs[name] = value
         return inputs
 
     def _forward_accepts(self, name: str) -> bool:
@@ -398,8 +340,10 @@ class GenerationMixin:
         generation_config: Optional[GenerationConfig] = None,
         generator: Optional[torch.Generator] = None,
         use_cache: bool = True,
+        streamer: Optional[Any] = None,
+        stopping_criteria: Optional[Sequence[Any]] = None,
         **model_kwargs: Any,
-    ) -> Tensor:
+    ) -> Union[Tensor, ModelOutput]:
         """Continue ``input_ids`` (decoder-only) or decode from them (encoder-decoder).
 
         Every generation option left as None takes its value from
@@ -482,43 +426,30 @@ class GenerationMixin:
         _check_penalties(penalty, settings.get("min_new_tokens"), settings.get("min_length"))
         _check_beams(settings["num_beams"], settings["num_return_sequences"], settings["length_penalty"],
                      settings["early_stopping"], do_sample)
+        check_new_options(settings, streamer=streamer, stopping_criteria=stopping_criteria)
         if do_sample:
             _check_sampling(settings["temperature"], settings["top_k"], settings.get("top_p"))
         eos = _as_id_list(settings["eos_token_id"])
         pad = settings["pad_token_id"]
         if pad is None and eos:
             pad = eos[0]
-        if input_ids is None:
-            if settings["bos_token_id"] is None:
-                raise ValueError("generate() needs input_ids (or a bos_token_id to start from)")
-            input_ids = torch.full((1, 1), settings["bos_token_id"], dtype=torch.long, device=self.device)
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
-        batch = input_ids.shape[0]
-        if attention_mask is None:
-            attention_mask = self._default_attention_mask(input_ids, pad, eos)
-
+        embeds = model_kwargs.pop("inputs_embeds", None)
+        input_ids, attention_mask, offset = self._prompt(input_ids, attention_mask, embeds, settings, pad, eos)
+        check_model_kwargs(self, model_kwargs, known=("past_key_values", "cache"))
+        if getattr(self.config, "is_encoder_decoder", False) and model_kwargs.get("decoder_input_ids") is not None:
+            raise NotImplementedError("generate(): decoder_input_ids (a decoder prompt) is not supported; decoding "
+                                      "starts from decoder_start_token_id")
         past_key_values = model_kwargs.pop("past_key_values", model_kwargs.pop("cache", None))
         start = settings["decoder_start_token_id"]
         ids, grow_inputs = self._start_generation(input_ids, attention_mask, model_kwargs,
-                                                  start if start is not None else settings["bos_token_id"])
-
-        prompt_length = ids.shape[1]
-        if settings.get("max_new_tokens") is not None:
-            max_new_tokens = settings["max_new_tokens"]
-        elif settings.get("max_length") is not None:
-            max_new_tokens = settings["max_length"] - prompt_length
-        else:
-            max_new_tokens = DEFAULT_MAX_NEW_TOKENS
-        final_length = prompt_length + max(int(max_new_tokens), 0)
-        if settings.get("min_new_tokens") is not None:
-            min_length = prompt_length + settings["min_new_tokens"]
-        else:
-            min_length = settings.get("min_length") or 0
+                                                  start if start is not None else settings["bos_token_id"],
+                                                  settings=settings)
+        final_length, min_length = generation_lengths(settings, ids.shape[1], offset, DEFAULT_MAX_NEW_TOKENS)
         penalty = float(penalty) if penalty is not None and penalty != 1.0 else None
         # Transformers leaves a decoder-only prompt's left padding out of the penalty.
         skip = (attention_mask != 0).int().argmax(dim=1).to(ids.device) if penalty and grow_inputs else None
         eos_ids = torch.tensor(eos, device=ids.device) if eos else None
+        processors = dict(penalty=penalty, skip=skip, min_length=min_length, ngram=settings.get("no_repeat_ngram_size"))
         if settings["num_beams"] > 1:
             if past_key_values is not None:
                 raise NotImplementedError("generate(): beam search starts from an empty cache; "
@@ -527,35 +458,22 @@ class GenerationMixin:
                 ids, model_kwargs, grow_inputs=grow_inputs, use_cache=use_cache, final_length=final_length,
                 num_beams=settings["num_beams"], num_return_sequences=settings["num_return_sequences"],
                 length_penalty=settings["length_penalty"], early_stopping=settings["early_stopping"],
-                eos_ids=eos_ids, pad=pad, processors=dict(penalty=penalty, skip=skip, min_length=min_length))
-        unfinished = torch.ones(batch, dtype=torch.long, device=ids.device)
-
-        while ids.shape[1] < final_length:
-            inputs = self.prepare_inputs_for_generation(ids, past_key_values=past_key_values, use_cache=use_cache,
-                                                        **model_kwargs)
-            outputs = self(**inputs, return_dict=True)
-            if use_cache:
-                past_key_values = outputs.past_key_values
-            scores = outputs.logits[:, -1, :].to(dtype=torch.float32, device=ids.device, copy=True)   # (B, V)
-            del outputs
-            scores = _apply_processors(scores, ids, penalty, skip, eos_ids, min_length)
-            if do_sample:
-                scores = process_logits(scores, temperature=settings["temperature"], top_k=settings["top_k"],
-                                        top_p=settings.get("top_p"))
-                probs = torch.softmax(scores, dim=-1)
-                next_tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
-            else:
-                next_tokens = torch.argmax(scores, dim=-1)                                # (B,)
-            if eos_ids is not None:
-                next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
-            ids = torch.cat([ids, next_tokens[:, None]], dim=-1)                           # (B, L+1)
-            if grow_inputs:
-                self._grow_inputs(model_kwargs)
-            if eos_ids is not None:
-                unfinished = unfinished & ~torch.isin(next_tokens, eos_ids)
-                if not bool(unfinished.any()):
-                    break
-        return ids
+                eos_ids=eos_ids, pad=pad, processors=processors)
+        copies = settings["num_return_sequences"]
+        if copies > 1:                               # several samples per prompt: rows repeated, as Transformers
+            ids, embeds = ids.repeat_interleave(copies, dim=0), _repeat_rows(embeds, copies)
+            model_kwargs.update({key: _repeat_rows(value, copies) for key, value in model_kwargs.items()})
+            processors["skip"] = _repeat_rows(skip, copies)
+        sampling = {name: settings.get(name) for name in ("temperature", "top_k", "top_p", "min_p")}
+        decode_settings = DecodeSettings(
+            do_sample=do_sample, final_length=final_length, eos_ids=eos_ids, pad=pad,
+            processor=build_logits_processor(eos_ids=eos_ids, sampling=sampling if do_sample else None, **processors),
+            criteria=tuple(stopping_criteria or ()), streamer=streamer, record=recorded_outputs(settings),
+            generator=generator, encoder_decoder=not grow_inputs)
+        step = self._step_closure(model_kwargs, past_key_values, use_cache or embeds is not None, grow_inputs,
+                                  embeds, offset, settings)
+        result = decode(ids, step, decode_settings)
+        return self._generate_output(result, step, model_kwargs, settings)
 
     def _beam_search(self, ids: Tensor, model_kwargs: Dict[str, Any], *, grow_inputs: bool, use_cache: bool,
                      final_length: int, num_beams: int, num_return_sequences: int, length_penalty: float,
@@ -680,12 +598,12 @@ class GenerationMixin:
         replaces both values of the sources below it.
 
         Raises:
-            TypeError: ``generation_config`` is not a :class:`GenerationConfig`.
+            TypeError: ``generation_config`` is neither a :class:`GenerationConfig` nor has ``to_dict()``.
             NotImplementedError: an option of ``_UNSUPPORTED`` is not neutral.
         """
         if generation_config is not None and not isinstance(generation_config, GenerationConfig):
-            raise TypeError(f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}")
-        passed = {name: model_kwargs.pop(name) for name in _UNSUPPORTED if name in model_kwargs}
+            generation_config = GenerationConfig.from_dict(as_generation_config_dict(generation_config))
+        passed = {name: model_kwargs.pop(name) for name in (*_UNSUPPORTED, *_OPTIONS) if name in model_kwargs}
         sources = [config.to_dict() for config in (getattr(self, "generation_config", None), generation_config)
                    if config is not None]
         sources.append({**passed, **arguments})
@@ -712,10 +630,12 @@ class GenerationMixin:
         return settings
 
     def _start_generation(self, input_ids: Tensor, attention_mask: Tensor, model_kwargs: Dict[str, Any],
-                          decoder_start_token_id: Optional[int]) -> Tuple[Tensor, bool]:
+                          decoder_start_token_id: Optional[int],
+                          settings: Optional[Dict[str, Any]] = None) -> Tuple[Tensor, bool]:
         """The sequence the loop grows, and ``model_kwargs`` filled in (see the hook contract).
 
         ``decoder_start_token_id`` starts an encoder-decoder's sequence (None: an error).
+        ``settings`` asks the encoder for its attentions / hidden states when they are returned.
 
         Returns ``(ids, grow)``: ``grow`` is True when the per-token inputs
         (mask, positions) must gain a column per step (decoder-only).
@@ -724,8 +644,10 @@ class GenerationMixin:
         if getattr(self.config, "is_encoder_decoder", False):
             encoder_outputs = model_kwargs.pop("encoder_outputs", None)
             if encoder_outputs is None:
+                flags = {f"output_{name}": True for name in recorded_outputs(settings or {})
+                         if name in ("attentions", "hidden_states")}
                 encoder_outputs = self.get_encoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                                     return_dict=True)
+                                                     return_dict=True, **flags)
             model_kwargs.update(encoder_outputs=encoder_outputs, attention_mask=attention_mask)
             if decoder_start_token_id is None:
                 raise ValueError("generate() needs decoder_start_token_id (or bos_token_id; argument, generation "
@@ -745,6 +667,87 @@ class GenerationMixin:
         if "logits_to_keep" not in model_kwargs and self._forward_accepts("logits_to_keep"):
             model_kwargs["logits_to_keep"] = 1
         return ids, grow
+
+    def _prompt(self, input_ids: Optional[Tensor], attention_mask: Optional[Tensor], embeds: Optional[Tensor],
+                settings: Dict[str, Any], pad: Optional[int], eos: Optional[List[int]]) -> Tuple[Tensor, Tensor, int]:
+        """``(input_ids, attention_mask, offset)`` of a call; ``offset`` is how many prompt positions
+        exist only as ``inputs_embeds`` (decoder-only, as Transformers: the ids returned hold the
+        ``input_ids`` given, none when only embeddings were, then the new tokens).
+
+        Raises:
+            ValueError: no prompt at all, ids not 2-D, embeddings not (B, S, C) or not
+                matching ``input_ids``, a forward that takes no ``inputs_embeds``.
+            NotImplementedError: ``inputs_embeds`` for an encoder-decoder or with beam search.
+        """
+        if embeds is not None:
+            if getattr(self.config, "is_encoder_decoder", False):
+                raise NotImplementedError("generate(): inputs_embeds is supported for decoder-only models only; "
+                                          "pass input_ids (or encoder_outputs) to an encoder-decoder")
+            if not self._forward_accepts("inputs_embeds"):
+                raise ValueError(f"generate(): {type(self).__name__}.forward takes no inputs_embeds")
+            if embeds.dim() != 3:
+                raise ValueError(f"inputs_embeds must be (batch, seq, hidden), got shape {tuple(embeds.shape)}")
+            if settings["num_beams"] > 1:
+                raise NotImplementedError("generate(): inputs_embeds with beam search is not supported")
+            if input_ids is None:
+                input_ids = torch.ones((embeds.shape[0], 0), dtype=torch.long, device=embeds.device)
+            elif tuple(input_ids.shape) != tuple(embeds.shape[:2]):
+                raise ValueError(f"generate(): input_ids {tuple(input_ids.shape)} and inputs_embeds "
+                                 f"{tuple(embeds.shape)} must cover the same (batch, seq) positions")
+            if attention_mask is None:
+                attention_mask = (self._default_attention_mask(input_ids, pad, eos) if input_ids.shape[1]
+                                  else torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device))
+            return input_ids, attention_mask, embeds.shape[1] - input_ids.shape[1]
+        if input_ids is None:
+            if settings["bos_token_id"] is None:
+                raise ValueError("generate() needs input_ids (or a bos_token_id to start from)")
+            input_ids = torch.full((1, 1), settings["bos_token_id"], dtype=torch.long, device=self.device)
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            attention_mask = self._default_attention_mask(input_ids, pad, eos)
+        return input_ids, attention_mask, 0
+
+    def _step_closure(self, model_kwargs: Dict[str, Any], past_key_values: Any, use_cache: bool, grow: bool,
+                      embeds: Optional[Tensor], offset: int, settings: Dict[str, Any]):
+        """``step(ids) -> model output`` for :func:`decode`: it keeps the cache (``step.state["past"]``),
+        feeds ``embeds`` at the first step only (``offset`` placeholder ids stand for positions
+        given only as embeddings, so the hook's cache slicing lines up), and grows the per-token inputs."""
+        state = {"past": past_key_values, "embeds": embeds}
+        flags = {f"output_{name}": True for name in recorded_outputs(settings) if name in ("attentions", "hidden_states")}
+
+        def step(ids: Tensor) -> Any:
+            if offset:
+                ids = torch.cat([ids.new_zeros((ids.shape[0], offset)), ids], dim=1)
+            inputs = self.prepare_inputs_for_generation(ids, past_key_values=state["past"], use_cache=use_cache,
+                                                        **model_kwargs)
+            if state["embeds"] is not None:
+                inputs.pop("input_ids", None)
+                inputs["inputs_embeds"], state["embeds"] = state["embeds"], None
+            outputs = self(**inputs, **flags, return_dict=True)
+            if use_cache:
+                state["past"] = outputs.past_key_values
+            if grow:
+                self._grow_inputs(model_kwargs)
+            return outputs
+
+        step.state = state
+        return step
+
+    def _generate_output(self, result: Dict[str, Any], step: Any, model_kwargs: Dict[str, Any],
+                         settings: Dict[str, Any]) -> Union[Tensor, ModelOutput]:
+        """The ids, or (``return_dict_in_generate``) Transformers' output class for them."""
+        if not settings.get("return_dict_in_generate"):
+            return result["sequences"]
+        result = {**result, "past_key_values": step.state["past"]}
+        if not getattr(self.config, "is_encoder_decoder", False):
+            return GenerateDecoderOnlyOutput(**result)
+        encoder_outputs = model_kwargs.get("encoder_outputs")
+        if settings.get("output_attentions"):
+            result["encoder_attentions"] = getattr(encoder_outputs, "attentions", None)
+        if settings.get("output_hidden_states"):
+            result["encoder_hidden_states"] = getattr(encoder_outputs, "hidden_states", None)
+        return GenerateEncoderDecoderOutput(**result)
 
     @staticmethod
     def _default_attention_mask(input_ids: Tensor, pad: Optional[int], eos: Optional[List[int]]) -> Tensor:
