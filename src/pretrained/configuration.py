@@ -175,13 +175,32 @@ class PretrainedConfig:
             out["pruned_heads"] = {str(k): sorted(v) for k, v in self.pruned_heads.items()}
         return out
 
+    def to_diff_dict(self) -> Dict[str, Any]:
+        """:meth:`to_dict` without the keys a reader would get anyway, as Transformers 4.37.
+
+        A key is kept when the base ``PretrainedConfig()`` lacks it (so every field
+        an architecture adds stays, default or not), when its value differs from
+        the base default or from this class's default, and always for
+        ``transformers_version`` and ``quantization_config``.
+
+        Returns:
+            A JSON-ready dict.
+        """
+        base = PretrainedConfig().to_dict()
+        own = type(self)().to_dict() if not self.is_composition else {}
+        return {
+            key: value for key, value in self.to_dict().items()
+            if key in ("transformers_version", "quantization_config") or key not in base or value != base[key]
+            or (key in own and value != own[key])
+        }
+
     def to_json_string(self, use_diff: bool = False) -> str:
         """The ``config.json`` text: sorted keys, two-space indent, trailing newline.
 
-        ``use_diff`` is accepted for Transformers compatibility; the full config is
-        always written (readers of every version then see explicit values).
+        ``save_pretrained`` writes the full config (readers of every version then
+        see explicit values); ``use_diff=True`` gives :meth:`to_diff_dict` instead.
         """
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.to_diff_dict() if use_diff else self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, path: Union[str, os.PathLike]) -> None:
         with open(path, "w", encoding="utf-8") as f:

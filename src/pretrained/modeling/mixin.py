@@ -19,7 +19,41 @@ logger = get_logger(__name__)
 
 
 class ModuleUtilsMixin:
-    """Mixed into :class:`~pretrained.PreTrainedModel`; needs ``self.config`` and ``nn.Module``."""
+    """Mixed into :class:`~pretrained.PreTrainedModel`; needs ``self.config`` and ``nn.Module``.
+
+    Class attributes (as Transformers 4.37): ``is_parallelizable`` (False; True
+    for GPT-2 and T5, whose 4.37 classes had the naive ``parallelize()``; a flag
+    only, read by trainers) and ``model_tags`` (None until :meth:`add_model_tags`).
+    """
+
+    is_parallelizable = False
+    model_tags: Optional[List[str]] = None
+
+    @property
+    def framework(self) -> str:
+        """``"pt"``: this is a PyTorch model."""
+        return "pt"
+
+    def add_model_tags(self, tags: Union[List[str], str]) -> None:
+        """Add Hub tags to ``self.model_tags`` (created on first use), skipping ones already there.
+
+        Args:
+            tags: one tag or a list of tags; order is kept, duplicates are dropped.
+
+        Raises:
+            TypeError: a tag is not a string.
+        """
+        if isinstance(tags, str):
+            tags = [tags]
+        tags = list(tags)
+        bad = [tag for tag in tags if not isinstance(tag, str)]
+        if bad:
+            raise TypeError(f"add_model_tags(tags): each tag must be a str, got {bad[0]!r}")
+        if self.model_tags is None:
+            self.model_tags = []
+        for tag in tags:
+            if tag not in self.model_tags:
+                self.model_tags.append(tag)
 
     # ------------------------------------------------------------ device, dtype
     @property

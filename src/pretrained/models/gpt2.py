@@ -264,6 +264,7 @@ class GPT2PreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     is_parallelizable = True
     supports_gradient_checkpointing = True
+    is_parallelizable = True  # as Transformers 4.37 (a flag: no naive parallelize() here)
     _no_split_modules = ["GPT2Block"]
     _skip_keys_device_placement = "past_key_values"
     _supports_sdpa = True

@@ -618,6 +618,7 @@ class T5PreTrainedModel(PreTrainedModel):
     config_class = T5Config
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
+    is_parallelizable = True  # as Transformers 4.37 (a flag: no naive parallelize() here)
     _no_split_modules = ["T5Block"]
     _keep_in_fp32_modules = ["wo"]
     _supports_sdpa = True
