@@ -30,6 +30,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import WeightsMismatchError
+from .legacy_keys import legacy_aliases
 from .logging import get_logger
 from .progress import progress
 
@@ -343,7 +344,8 @@ def load_weights(
         WeightsMismatchError: shapes differ and ``ignore_mismatched_sizes`` is False.
     """
     report = LoadReport()
-    checkpoint_keys = set(source.keys())
+    aliases = legacy_aliases(source.keys())  # LayerNorm gamma/beta and the like, as Transformers renames them
+    checkpoint_keys = set(source.keys()) | set(aliases)
     prefix = getattr(model, "base_model_prefix", "") or ""
     model_has_prefix = bool(prefix) and hasattr(model, prefix) and isinstance(getattr(model, prefix), nn.Module)
     used: Set[str] = set()
@@ -351,7 +353,7 @@ def load_weights(
 
     for slot in progress(model_slots(model), desc="Loading weights", unit="tensor", min_total=64):
         found = [(n, checkpoint_name_for(n, checkpoint_keys, prefix, model_has_prefix)) for n in slot.names]
-        found = [(n, key) for n, key in found if key is not None]
+        found = [(n, aliases.get(key, key)) for n, key in found if key is not None]
         if not found:
             tied = getattr(model, "_tied_weight_patterns", lambda: [])()
             report.missing_keys.extend([n for n in slot.names if not _matches_any(n, tied)] or slot.names[:1])
