@@ -247,11 +247,12 @@ def attention_mask_right() -> torch.Tensor:
     return make_padding_mask(batch=BATCH, seq=SEQ, side="right", pad=(0, 3))
 
 
-@pytest.fixture
-def ref437(tmp_path):
+@pytest.fixture(scope="session")
+def ref437(tmp_path_factory):
     """A function ``ref437(code, *, timeout=300) -> Path`` running ``code`` under Transformers 4.37.2.
 
-    Each call gets a fresh ``OUT`` folder under ``tmp_path`` (returned). The side
+    Session-scoped (module fixtures may use it); each call gets a fresh ``OUT``
+    folder (returned). The side
     folder is ``$PRETRAINED_REF437`` or ``<repo>/.venv/ref437``; when it lacks
     Transformers the test skips, or fails if ``$CI`` is set.
     """
@@ -262,10 +263,7 @@ def ref437(tmp_path):
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    calls = []
-
     def run(code: str, *, timeout: float = 300) -> Path:
-        calls.append(None)
-        return run_ref437(code, tmp_path / f"ref437_{len(calls)}", side_dir=side, timeout=timeout)
+        return run_ref437(code, tmp_path_factory.mktemp("ref437"), side_dir=side, timeout=timeout)
 
     return run

@@ -243,9 +243,10 @@ def test_config_defaults_match_transformers():
                 "classifier_dropout"):
         assert ours[key] == theirs[key], key
     assert ours["position_embedding_type"] == "absolute"
-    with pytest.raises(NotImplementedError, match="relative_key"):
+    # relative_key(_query) follow 4.37 (tests/test_bert_relative.py); anything else is refused
+    with pytest.raises(NotImplementedError, match="position_embedding_type='rotary'"):
         BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                             position_embedding_type="relative_key"))
+                             position_embedding_type="rotary"))
 
 
 def test_init_weights():

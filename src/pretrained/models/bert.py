@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 import torch
@@ -52,13 +53,21 @@ from ..modeling.outputs import (
 logger = get_logger(__name__)
 
 __all__ = ["BertConfig", "BertModel", "BertForMaskedLM", "BertPreTrainedModel"]
+POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
 
 
 class BertConfig(PretrainedConfig):
     """BERT hyper-parameters; the defaults are those of ``bert-base-uncased``.
 
-    Only ``position_embedding_type="absolute"`` is implemented (the relative
-    variants were dropped by Transformers 5 as well).
+    ``position_embedding_type``: ``"absolute"`` (learned position embeddings
+    added to the input), or, as in Transformers 4.37, ``"relative_key"`` /
+    ``"relative_key_query"`` (Shaw et al. 2018 / Huang et al. 2020): each
+    attention layer has a ``distance_embedding`` of ``2 * max_position_embeddings
+    - 1`` rows of head size, whose dot products with the queries (and keys)
+    are added to the attention scores; the absolute embeddings are then kept
+    in the checkpoint but not added.  Transformers 5 ignores the relative
+    types (it loads such a checkpoint as absolute and drops
+    ``distance_embedding``); this library follows 4.37.
 
     """
 
@@ -112,15 +121,12 @@ class BertEmbeddings(nn.Module):
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        if getattr(config, "position_embedding_type", "absolute") != "absolute":
-            raise NotImplementedError(
-                f"position_embedding_type={config.position_embedding_type!r} is not supported; only 'absolute' is")
+        self.position_embedding_type = _position_embedding_type(config)
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.position_embedding_type = "absolute"
         # Not saved: (1, max_positions) defaults for position and token-type ids.
         self.register_buffer("position_ids", torch.arange(config.max_position_embeddings).expand((1, -1)),
                              persistent=False)
@@ -143,7 +149,8 @@ class BertEmbeddings(nn.Module):
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
         x = inputs_embeds + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings(position_ids)
+        if self.position_embedding_type == "absolute":
+            x = x + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(x))                           # (B, S, C)
 
 
@@ -163,7 +170,10 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, self.all_head_size)
         self.value = nn.Linear(config.hidden_size, self.all_head_size)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
-        self.position_embedding_type = "absolute"
+        self.position_embedding_type = _position_embedding_type(config)
+        if self.position_embedding_type != "absolute":
+            self.max_position_embeddings = config.max_position_embeddings
+            self.distance_embedding = nn.Embedding(2 * config.max_position_embeddings - 1, self.attention_head_size)
         self.is_decoder = config.is_decoder
 
     def forward(
@@ -179,12 +189,44 @@ class BertSelfAttention(nn.Module):
             return t.view(*lead, self.num_attention_heads, self.attention_head_size).transpose(-3, -2)
 
         q, k, v = heads(self.query(hidden_states)), heads(self.key(hidden_states)), heads(self.value(hidden_states))
+        if self.position_embedding_type != "absolute":
+            attention_mask = self._add_relative_scores(q, k, attention_mask)
         y, weights = attention(
             q, k, v, mask=attention_mask, is_causal=self.is_decoder, scale=self.attention_head_size ** -0.5,
             dropout_p=self.dropout.p if self.training else 0.0, head_mask=head_mask,
             implementation=self.config._attn_implementation or "eager", output_attentions=output_attentions,
         )
         return y.transpose(-3, -2).reshape(*lead, self.all_head_size), weights
+
+
+    def _add_relative_scores(self, q: Tensor, k: Tensor, mask: Optional[Tensor]) -> Tensor:
+        """``mask`` (additive, or None) plus the scaled relative-position scores, (B, H, S, S).
+
+        As Transformers 4.37: ``distance_embedding[i - j + max_position_embeddings - 1]``
+        dotted with query i (``relative_key``), plus with key j (``relative_key_query``),
+        added to ``q k^T`` before the ``1/sqrt(D)`` scaling.
+        """
+        if isinstance(mask, PackedSequences):
+            raise ValueError("relative position embeddings need the padded batch, not a packed one")
+        s_q, s_k = q.shape[-2], k.shape[-2]
+        distance = (torch.arange(s_q, device=q.device).view(-1, 1)
+                    - torch.arange(s_k, device=q.device).view(1, -1))                    # (S, S)
+        table = self.distance_embedding(distance + self.max_position_embeddings - 1).to(q.dtype)   # (S, S, D)
+        scores = torch.einsum("bhld,lrd->bhlr", q, table)
+        if self.position_embedding_type == "relative_key_query":
+            scores = scores + torch.einsum("bhrd,lrd->bhlr", k, table)
+        scores = scores / math.sqrt(self.attention_head_size)
+        if mask is None and self.is_decoder:                 # the causal part `is_causal` would have added
+            mask = torch.full((s_q, s_k), torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device).triu(1)
+        return scores if mask is None else scores + mask
+
+
+def _position_embedding_type(config: BertConfig) -> str:
+    kind = getattr(config, "position_embedding_type", None) or "absolute"
+    if kind not in POSITION_EMBEDDING_TYPES:
+        raise NotImplementedError(f"position_embedding_type={kind!r} is not supported; "
+                                  f"use one of {list(POSITION_EMBEDDING_TYPES)}")
+    return kind
 
 
 class BertSelfOutput(nn.Module):
@@ -504,6 +546,7 @@ class BertModel(BertPreTrainedModel):
             and not output_attentions
             and head_mask is None
             and not self.config.is_decoder
+            and _position_embedding_type(self.config) == "absolute"
             and not torch.jit.is_tracing()
             and not _is_compiling()
             and bool(attention_mask[:, 0].all())                         # the pooler reads token 0
