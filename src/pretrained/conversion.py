@@ -41,7 +41,12 @@ def _side_files(folder: str, dtype: Optional[torch.dtype]) -> Dict[str, bytes]:
         with open(path, "rb") as f:
             data = f.read()
         if entry == "config.json" and dtype is not None:
-            config = json.loads(data)
+            try:
+                config = json.loads(data)
+            except (ValueError, RecursionError) as err:
+                raise CheckpointError(f"config file {path} is not valid JSON: {err}") from None
+            if not isinstance(config, dict):
+                raise CheckpointError(f"config file {path} must hold a JSON object, not {type(config).__name__}")
             config["torch_dtype"] = config["dtype"] = dtype_name(dtype)
             data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
         files[entry] = data
@@ -52,6 +57,16 @@ def _cast(tensor: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
     if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
         return tensor.to(dtype)
     return tensor
+
+
+def _check_not_inside(src_folder: str, dst) -> None:
+    """Refuse a destination that is the source folder or inside it (it would rewrite the source)."""
+    source = os.path.realpath(src_folder)
+    target = os.path.realpath(os.fspath(dst))
+    if target == source or target.startswith(source.rstrip(os.sep) + os.sep):
+        what = "is the source folder" if target == source else "is inside the source folder"
+        raise ValueError(f"convert: the destination {os.fspath(dst)!r} {what} {src_folder!r}; "
+                         "write to another folder (then move it into place if you want to replace the source)")
 
 
 def convert_checkpoint(src, dst, *, dtype: Union[str, torch.dtype, None] = None,
@@ -75,12 +90,14 @@ def convert_checkpoint(src, dst, *, dtype: Union[str, torch.dtype, None] = None,
     Raises:
         CheckpointNotFoundError / CheckpointError: ``src`` is not a checkpoint, or
             the output does not read back equal.
+        ValueError: ``dst`` is ``src`` or a folder inside it (nothing is written).
     """
     if to not in ("safetensors", "bin"):
         raise ValueError(f"to={to!r}: choose 'safetensors' or 'bin'")
     target = parse_dtype(dtype, name="dtype", allow_auto=False) if dtype is not None else None
     limit = parse_size(max_shard_size, name="max_shard_size")
     resolved = resolve_checkpoint(src, variant=source_variant)
+    _check_not_inside(resolved.folder, dst)
     reader = DiskReader()
     with Checkpoint(resolved) as checkpoint:
         headers = getattr(checkpoint, "_headers", {})

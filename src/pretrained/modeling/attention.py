@@ -402,12 +402,14 @@ def find_pruneable_heads_and_indices(
     ``heads`` and ``already_pruned_heads`` use the original numbering; ``n_heads``
     is the current count.
     """
-    keep = torch.ones(n_heads, head_size)
+    # On the CPU whatever the default device: under ``torch.device("meta")`` (a model
+    # built from its config alone) a boolean mask cannot be applied.
+    keep = torch.ones(n_heads, head_size, device="cpu")
     heads = set(heads) - set(already_pruned_heads)
     for head in heads:
         shifted = head - sum(1 for h in already_pruned_heads if h < head)
         keep[shifted] = 0
-    index = torch.arange(n_heads * head_size)[keep.view(-1).eq(1)].long()
+    index = torch.arange(n_heads * head_size, device="cpu")[keep.view(-1).eq(1)].long()
     return heads, index
 
 

@@ -141,8 +141,29 @@ def is_family_file(filename: str, fmt: str, variant: Optional[str] = None) -> bo
     return _shard_pattern(fmt, variant).fullmatch(filename) is not None
 
 
+_VARIANT_FILE = re.compile(
+    r"(?:model|pytorch_model)\.(?P<v>[^.]+?)(?:-\d{5,}-of-\d{5,})?\.(?:safetensors|bin)"
+    r"|(?:model\.safetensors|pytorch_model\.bin)\.index\.(?P<iv>[^.]+)\.json"
+)
+
+
+def variants_in(filenames) -> list[str]:
+    """The variants whose weights files (single, shards or index) are among ``filenames``, sorted.
+
+    >>> variants_in(["config.json", "model.fp16.safetensors", "model.safetensors"])
+    ['fp16']
+    """
+    found = set()
+    for filename in filenames:
+        match = _VARIANT_FILE.fullmatch(filename)
+        if match:
+            found.add(match.group("v") or match.group("iv"))
+    return sorted(found)
+
+
 __all__ = [
     "FORMATS",
+    "variants_in",
     "add_variant",
     "extension",
     "weights_name",

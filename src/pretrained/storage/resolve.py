@@ -413,6 +413,14 @@ def _exists_without_fetch(location: str, filename: str, folder: Optional[str], h
     return isinstance(found, str)
 
 
+def _variants_there(folder: Optional[str], variant: Optional[str]) -> list:
+    """Variants of the weights files in a local ``folder`` other than ``variant``."""
+    try:
+        return [v for v in names.variants_in(os.listdir(folder)) if v != variant] if folder else []
+    except OSError:
+        return []
+
+
 def _not_found(location: str, folder: Optional[str], tried: list[str], variant: Optional[str],
                use_safetensors: Optional[bool], hub_kwargs: dict) -> CheckpointNotFoundError:
     where = f"folder {folder}" if folder is not None else _hub_where(
@@ -425,6 +433,10 @@ def _not_found(location: str, folder: Optional[str], tried: list[str], variant: 
         if plain:
             message += (f"; there is a file without the variant {variant!r} ({plain[0]}): "
                         "pass variant=None to load it")
+    others_variants = _variants_there(folder, variant)
+    if others_variants:
+        message += (f"; the folder holds weights of variant(s) {', '.join(map(repr, others_variants))}: "
+                    f"pass variant={others_variants[0]!r} to load them")
     if use_safetensors is True:
         others = [name for fmt, name, _ in _candidates(variant, False)
                   if _exists_without_fetch(location, name, folder, hub_kwargs)]
