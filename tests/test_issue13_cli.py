@@ -61,25 +61,26 @@ def test_issue13_inspect_and_plan_pruned_checkpoint(capsys, pruned_dir):
     assert "(whole model)" in out
 
 
-def _mistral(tmp_path):
+def _lacking(tmp_path):
     torch.manual_seed(0)
-    config = transformers.MistralConfig(vocab_size=99, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2)
-    transformers.MistralForCausalLM(config).save_pretrained(tmp_path / "mistral")
-    return tmp_path / "mistral"
+    # Phi: an architecture Transformers has and we lack (Mistral, the first choice, has landed since)
+    config = transformers.PhiConfig(vocab_size=99, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                    num_attention_heads=4, max_position_embeddings=64)
+    transformers.PhiForCausalLM(config).save_pretrained(tmp_path / "phi")
+    return tmp_path / "phi"
 
 
 def test_issue13_inspect_architecture_pretrained_lacks(capsys, tmp_path):
-    folder = _mistral(tmp_path)
+    folder = _lacking(tmp_path)
     code, out, err = _run(capsys, "inspect", str(folder), "--json")
     assert code == 0, err
     info = json.loads(out)
-    hf = transformers.MistralForCausalLM.from_pretrained(folder)
-    assert info["model_type"] == "mistral" and info["architecture"] == "MistralForCausalLM"
+    hf = transformers.PhiForCausalLM.from_pretrained(folder)
+    assert info["model_type"] == "phi" and info["architecture"] == "PhiForCausalLM"
     assert info["parameters"]["total"] == hf.num_parameters()
     assert info["parameters"]["embedding"] is None and info["flops_per_token"] is None
     assert info["tied_weights"] is None
-    assert "mistral" in info["limitations"][0] and "unknown" in info["limitations"][0]
+    assert "phi" in info["limitations"][0] and "unknown" in info["limitations"][0]
     code, out, err = _run(capsys, "inspect", str(folder))
     assert code == 0 and "cannot tell" in out and "embedding split unknown" in out
 
@@ -107,15 +108,15 @@ def test_issue13_inspect_and_plan_unsupported_rope(capsys, tmp_path):
 
 
 def test_issue13_plan_architecture_pretrained_lacks(capsys, tmp_path):
-    folder = _mistral(tmp_path)
+    folder = _lacking(tmp_path)
     code, out, err = _run(capsys, "plan", str(folder), "--max-memory", "cpu=40KB,disk=1GB")
     assert code == 0, err
-    assert "model_type 'mistral'" in out
+    assert "model_type 'phi'" in out
     assert "model.layers" in out and "to disk:" in out
     # a config alone, without weights, cannot be planned: said in one line
     os.remove(folder / "model.safetensors")
     code, out, err = _run(capsys, "plan", str(folder), "--max-memory", "cpu=40KB")
-    assert code == 2 and "no weights files" in err and "mistral" in err
+    assert code == 2 and "no weights files" in err and "phi" in err
 
 
 @pytest.mark.parametrize("where", ["same", "same-trailing-slash", "inside"])
