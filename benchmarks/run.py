@@ -1,6 +1,6 @@
 """Benchmark `pretrained` against Transformers and a plain-PyTorch floor.
 
-    python benchmarks/run.py [--scenarios S1,S6] [--repeats 5] [--keep]
+    python benchmarks/run.py [--scenarios S1,S6] [--repeats 5] [--keep] [--baseline REV]
 
 For each scenario: build its checkpoint with Transformers (once, cached in
 ``benchmarks/.cache/``), then run every implementation in fresh subprocesses
@@ -9,6 +9,11 @@ statistics), then ``--repeats`` rounds, alternating the order of the
 implementations from round to round. Prints a table of medians with min-max,
 the ratios ours/transformers and ours/floor, checks that all implementations'
 logits agree, and writes ``benchmarks/results/<scenario>.json``.
+
+``--baseline REV`` adds an implementation ``before``: the same steps as
+``ours``, run on the ``src/`` of git revision REV (exported once into
+``benchmarks/.cache/baseline-<REV>/``), alternating with the others in the same
+rounds, so a change is measured against its parent on one noisy machine.
 
 A failing implementation (``pretrained`` while it is being written) is
 reported with the tail of its stderr; the others still run.
@@ -47,10 +52,10 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISAB
 # --- processes --------------------------------------------------------------
 
 
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of every subprocess: offline, this checkout's ``src`` first on the path."""
+def child_env(extra: dict[str, str] | None = None, *, src: Path = REPO / "src") -> dict[str, str]:
+    """The environment of every subprocess: offline, ``src`` (this checkout's by default) first on the path."""
     env = dict(os.environ, **OFFLINE_ENV)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     env.update(extra or {})
     return env
 
@@ -59,13 +64,13 @@ def stderr_tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def run_trial(steps, *, path: str | None, scratch: Path, timeout_s: float) -> dict:
+def run_trial(steps, *, path: str | None, scratch: Path, timeout_s: float, src: Path = REPO / "src") -> dict:
     """Run one trial in a fresh interpreter; return its JSON result or ``{"error": ...}``."""
     if scratch.exists():
         shutil.rmtree(scratch)
     scratch.mkdir(parents=True)
     spec = {"steps": [list(step) for step in steps], "path": path, "scratch": str(scratch)}
-    env = child_env({"BENCH_SPEC": json.dumps(spec), "BENCH_T0": repr(time.time())})
+    env = child_env({"BENCH_SPEC": json.dumps(spec), "BENCH_T0": repr(time.time())}, src=src)
     try:
         proc = subprocess.run(
             [sys.executable, str(CHILD)], env=env, stdin=subprocess.DEVNULL,
@@ -123,15 +128,25 @@ def folder_size(folder: Path) -> int:
 # --- running a scenario -----------------------------------------------------
 
 
-def run_scenario(scenario: Scenario, repeats: int) -> dict:
-    """Warm up, then run ``repeats`` alternating rounds; return the raw record."""
+def run_scenario(scenario: Scenario, repeats: int, baseline: Path | None = None) -> dict:
+    """Warm up, then run ``repeats`` alternating rounds; return the raw record.
+
+    ``baseline``: a ``src`` folder of an earlier revision; every ``ours*``
+    implementation gets a ``before*`` twin (the same steps on that code)."""
     path = str(ensure_checkpoint(CHECKPOINTS[scenario.checkpoint])) if scenario.checkpoint else None
-    names = [n for n in IMPL_ORDER if n in scenario.impls] + [n for n in scenario.impls if n not in IMPL_ORDER]
+    impls = dict(scenario.impls)
+    sources = {name: REPO / "src" for name in impls}
+    if baseline is not None:
+        for name in [n for n in impls if n.startswith("ours")]:
+            twin = "before" + name[len("ours"):]
+            impls[twin], sources[twin] = impls[name], baseline
+    names = [n for n in IMPL_ORDER if n in impls] + [n for n in impls if n not in IMPL_ORDER]
     record = {name: {"warmup": None, "runs": [], "failures": []} for name in names}
 
     def trial(name: str, label: str) -> dict:
         scratch = CACHE / "scratch" / scenario.key / name
-        result = run_trial(scenario.impls[name].steps, path=path, scratch=scratch, timeout_s=scenario.timeout_s)
+        result = run_trial(impls[name].steps, path=path, scratch=scratch, timeout_s=scenario.timeout_s,
+                           src=sources[name])
         status = f"FAILED ({result['error']})" if "error" in result else f"{result['wall_s']:.2f} s"
         print(f"[{scenario.key}] {label:>7} {name:<12} {status}", flush=True)
         return result
@@ -172,14 +187,19 @@ def ratios(summary: dict) -> dict:
     """ours/transformers and ours/floor of every median, where both sides ran."""
     ours = summary.get("ours", {}).get("stats")
     out = {}
-    for other in [name for name in summary if name != "ours"]:
+    for other in [name for name in summary if name != "ours" and not name.startswith("before_")]:
         theirs = summary.get(other, {}).get("stats")
         if ours and theirs:
-            out[f"ours/{other}"] = {
-                m: ours[m]["median"] / theirs[m]["median"]
-                for m in ours if m in theirs and theirs[m]["median"] > 0
-            }
+            out[f"ours/{other}"] = _ratio(ours, theirs)
+    for name in [n for n in summary if n.startswith("before_")]:
+        mine, theirs = (summary.get(n, {}).get("stats") for n in ("ours" + name[len("before"):], name))
+        if mine and theirs:
+            out[f"ours{name[len('before'):]}/{name}"] = _ratio(mine, theirs)
     return out
+
+
+def _ratio(ours: dict, theirs: dict) -> dict:
+    return {m: ours[m]["median"] / theirs[m]["median"] for m in ours if m in theirs and theirs[m]["median"] > 0}
 
 
 def check_logits(record: dict, atol: float) -> dict:
@@ -306,6 +326,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="measured runs per implementation (default 5)")
     parser.add_argument("--keep", action="store_true",
                         help="keep benchmarks/.cache/ (built checkpoints) for the next run; by default it is removed")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run ours' steps on the src/ of git revision REV, as implementation 'before'")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
@@ -314,6 +336,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     return args
+
+
+def export_baseline(rev: str) -> Path:
+    """``src/`` of git revision ``rev``, exported (once) under ``benchmarks/.cache/``; its path."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                            capture_output=True, text=True, check=False)
+    if commit.returncode != 0:
+        raise SystemExit(f"--baseline: {rev!r} is not a git revision of {REPO}: {commit.stderr.strip()}")
+    folder = CACHE / f"baseline-{commit.stdout.strip()[:12]}"
+    if not (folder / "src").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit.stdout.strip(), "src"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    compileall.compile_dir(str(folder / "src"), quiet=1)
+    return folder / "src"
 
 
 def compile_sources() -> None:
@@ -328,9 +366,10 @@ def main(argv=None) -> int:
     compile_sources()
     mismatch = False
     try:
+        baseline = export_baseline(args.baseline) if args.baseline else None
         for key in args.scenarios:
             scenario = SCENARIOS[key]
-            record = run_scenario(scenario, args.repeats)
+            record = run_scenario(scenario, args.repeats, baseline)
             summary = summarize(record, scenario)
             print_table(scenario, summary, args.repeats)
             print(f"  results: {write_results(scenario, args.repeats, record, summary).relative_to(REPO)}\n")
