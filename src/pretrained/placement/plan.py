@@ -129,7 +129,7 @@ def get_balanced_memory(model_or_sizes, max_memory: Optional[Mapping] = None, *,
     return _balance(root, budgets, no_split, _index_ties(root, sizes.tied), low_zero=low_zero)
 
 
-def _balance(root: _Node, budgets: Dict[Device, int], no_split: frozenset, ties: "_Ties", *,
+def _balance(root: _Node, budgets: Dict[Device, int], no_split: frozenset, ties: _Ties, *,
              low_zero: bool) -> Dict[Device, int]:
     """:func:`get_balanced_memory` on parsed ``budgets`` (pure)."""
     gpus = [d for d in budgets if isinstance(d, int) and budgets[d] > 0]
@@ -156,7 +156,7 @@ def _balance(root: _Node, budgets: Dict[Device, int], no_split: frozenset, ties:
 
 
 def _even_cap(root: _Node, gpus: List[Device], budgets: Mapping[Device, int], no_split: frozenset,
-              ties: "_Ties") -> Optional[int]:
+              ties: _Ties) -> Optional[int]:
     """The smallest per-GPU cap under which ``gpus`` alone hold the whole model, or None."""
 
     def fits(cap: int) -> bool:
@@ -288,7 +288,7 @@ def plan_device_map(sizes: ModelSizes, budgets: Mapping, *, no_split_module_clas
 
 
 def _fill_with_reserve(root: _Node, devices: List[Device], budgets: Mapping[Device, int], main: Device,
-                       no_split: frozenset, ties: "_Ties"):
+                       no_split: frozenset, ties: _Ties):
     """Fill, then refill keeping free what the plan's offloaded modules need (see the module
     docstring) until the reserve holds. Returns (the last :class:`GreedyResult`, the reserve)."""
     reserved: Dict[Device, int] = {}
