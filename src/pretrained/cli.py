@@ -208,7 +208,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import torch
 
     from .inspection import read_config, sizes_for_plan
-    from .placement import infer_device_map
+    from .placement import infer_device_map, memory_budgets
     from .utils import parse_dtype, parse_size
 
     _check_model_arg(args.model)
@@ -224,7 +224,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if note:
         print(f"note: {note}")
     no_split = args.no_split or units
-    plan = infer_device_map(model, budgets, no_split_module_classes=no_split, dtype=dtype, strategy=args.strategy)
+    plan = infer_device_map(model, memory_budgets(budgets), no_split_module_classes=no_split, dtype=dtype,
+                            strategy=args.strategy)
     _print_plan(plan, budgets)
     return 0
 

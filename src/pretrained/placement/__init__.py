@@ -2,9 +2,11 @@
 
 Three phases, each usable alone:
 
-* *plan* (:mod:`.plan`): a device map from sizes and budgets —
-  :func:`infer_device_map`, :func:`get_balanced_memory`, :func:`parse_max_memory`;
-  pure functions that work on a ``meta`` model or a ``{name: bytes}`` dict;
+* *plan* (:mod:`.plan`, over :mod:`.devices` and :mod:`.sizes`): a device map from
+  sizes and budgets — :func:`infer_device_map`, :func:`get_balanced_memory`,
+  :func:`parse_max_memory`; pure functions that work on a ``meta`` model or a
+  ``{name: bytes}`` dict. Budgets not given come from :func:`memory_budgets`
+  (:mod:`.machine`: free GPU memory and RAM, read when planning for this machine);
 * *load*: :func:`plan_placement` returns a placement whose ``device_for(name)``
   tells :func:`pretrained.loading.load_weights` where each tensor goes, and whose
   ``offload`` records the tensors that stay on disk (:mod:`.offload`);
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from .dispatch import Placement, SingleDevicePlacement, check_available, hf_device, plan_placement, torch_device
 from .hooks import ModuleHook, send_to_device
+from .machine import memory_budgets
 from .offload import DiskReader, DiskTensor, write_offloaded
 from .plan import (
     STRATEGIES,
@@ -53,6 +56,7 @@ __all__ = [
     "infer_device_map",
     "largest_layer",
     "lookup",
+    "memory_budgets",
     "model_sizes",
     "module_sizes",
     "no_split_classes",

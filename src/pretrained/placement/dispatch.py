@@ -27,6 +27,7 @@ from ..errors import DeviceMapError
 from ..logging import get_logger
 from ..storage.safetensors import read_header
 from .hooks import Fetch, ModuleHook, attach_hooks, remove_hooks
+from .machine import memory_budgets
 from .offload import DiskReader, DiskTensor, OffloadWriter, disk_tensor_in, write_offloaded
 from .plan import (
     STRATEGIES,
@@ -460,7 +461,7 @@ def plan_placement(model: nn.Module, *, device_map=None, max_memory=None, offloa
             raise DeviceMapError("max_memory only applies with a device_map (e.g. device_map='auto')")
         return None
     if isinstance(device_map, str) and device_map in STRATEGIES:
-        plan = infer_device_map(model, max_memory, strategy=device_map)
+        plan = infer_device_map(model, memory_budgets(max_memory), strategy=device_map)
         device_map, main, hf_map = plan.device_map, plan.main_device, dict(plan.device_map)
     elif isinstance(device_map, Mapping):
         if not device_map:
