@@ -106,8 +106,6 @@ def read_adapter(name_or_path, *, use_safetensors: Optional[bool] = None,
     """
     from ..storage.pickle import load_pickle
     from ..storage.resolve import resolve_file
-    from ..storage.safetensors import SafetensorsReader
-
     config = LoraConfig.from_json_file(resolve_file(name_or_path, ADAPTER_CONFIG_NAME, **hub_kwargs))
     names = [ADAPTER_WEIGHTS_NAME, ADAPTER_BIN_NAME]
     if use_safetensors is False:
@@ -119,8 +117,7 @@ def read_adapter(name_or_path, *, use_safetensors: Optional[bool] = None,
         if path is None:
             continue
         if name == ADAPTER_WEIGHTS_NAME:
-            with SafetensorsReader(path) as reader:
-                return config, {key: reader.get(key) for key in reader.keys()}, path
+            return config, read_safetensors_in_memory(path), path
         return config, load_pickle(path), path
     raise CheckpointNotFoundError(f"no {' or '.join(names)} found in {os.fspath(name_or_path)}")
 
@@ -158,12 +155,44 @@ def _is_adapter_key(name: str) -> bool:
     return name.endswith((".lora_A.weight", ".lora_B.weight"))
 
 
-def copy_tensors(pairs: Dict[str, Tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Copy every file tensor into its model tensor (cast to the model tensor's dtype and device)."""
+def read_safetensors_in_memory(path: str) -> Dict[str, torch.Tensor]:
+    """Every tensor of a (small) safetensors file, as views of one private in-memory copy of it.
+
+    One read instead of a mapping: the tensors own their memory (no file mapping stays
+    alive behind a model's parameters) and nothing is copied tensor by tensor.
+    """
+    from ..storage.safetensors import read_header
+
+    header = read_header(path)
+    data = bytearray(header.file_size)
+    with open(path, "rb") as handle:
+        if handle.readinto(data) != header.file_size:
+            raise CheckpointError(f"{path}: file changed while it was read")
+    tensors = {}
+    for key, info in header.tensors.items():
+        if info.numel == 0:
+            tensors[key] = torch.empty(info.shape, dtype=info.dtype)
+        elif info.start % info.dtype.itemsize:  # misaligned: an aligned copy of its bytes
+            raw = torch.frombuffer(data, dtype=torch.uint8, count=info.end - info.start, offset=info.start)
+            tensors[key] = raw.clone().view(info.dtype).view(info.shape)
+        else:
+            tensors[key] = torch.frombuffer(data, dtype=info.dtype, count=info.numel, offset=info.start).view(info.shape)
+    return tensors
+
+
+def copy_tensors(pairs: Dict[str, Tuple[torch.Tensor, torch.Tensor]], *, owned: bool = False) -> None:
+    """Fill every model tensor from its file tensor (cast to the model tensor's dtype and device).
+
+    ``owned``: the file tensors are ours (read for this load), so a model tensor takes
+    one over (``.data``) where dtype and device already match instead of copying it.
+    """
     with torch.no_grad():
         for target, value in pairs.values():
-            target.copy_(value)
+            if owned and isinstance(target, nn.Parameter) and value.is_contiguous():
+                target.data = value.to(device=target.device, dtype=target.dtype)
+            else:
+                target.copy_(value)
 
 
 __all__ = ["PEFT_PREFIX", "adapter_files", "adapter_tensors", "copy_tensors", "find_adapter_config",
-           "match_tensors", "read_adapter", "remove_adapter_name"]
+           "match_tensors", "read_adapter", "read_safetensors_in_memory", "remove_adapter_name"]

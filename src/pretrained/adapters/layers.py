@@ -37,6 +37,16 @@ def linear_features(module: nn.Module) -> Optional[Tuple[int, int, bool]]:
     return None
 
 
+def _bare_linear(in_features: int, out_features: int, device: torch.device, dtype: torch.dtype) -> nn.Linear:
+    """A bias-free ``nn.Linear`` with an uninitialised weight (no ``reset_parameters``: the caller fills it)."""
+    linear = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(linear)
+    linear.in_features, linear.out_features = in_features, out_features
+    linear.weight = nn.Parameter(torch.empty((out_features, in_features), device=device, dtype=dtype))
+    linear.register_parameter("bias", None)
+    return linear
+
+
 class LoraLayer(nn.Module):
     """A Linear (or Conv1D) with low-rank adapters: ``y = base(x) + Σ scaling · B(A(dropout(x)))``.
 
@@ -83,8 +93,7 @@ class LoraLayer(nn.Module):
         self.r[name], self.lora_alpha[name] = r, lora_alpha
         self.scaling[name] = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
         self.lora_dropout[name] = nn.Dropout(p=lora_dropout) if lora_dropout > 0.0 else nn.Identity()
-        a = nn.Linear(self.in_features, r, bias=False, device="meta", dtype=dtype).to_empty(device=device)
-        b = nn.Linear(r, self.out_features, bias=False, device="meta", dtype=dtype).to_empty(device=device)
+        a, b = _bare_linear(self.in_features, r, device, dtype), _bare_linear(r, self.out_features, device, dtype)
         if init_lora_weights is not None and device.type != "meta":  # None: left empty, a file fills them
             if init_lora_weights is False:  # nn.Linear's own initialisation of both (not a no-op)
                 a.reset_parameters(), b.reset_parameters()
@@ -127,17 +136,39 @@ class LoraLayer(nn.Module):
                                "load the model without disk/CPU offload to merge")
         for name in names if names is not None else self.active_adapters:
             if name in self.lora_A and name not in self.merged_adapters:
-                with torch.no_grad():
-                    weight.add_(self.get_delta_weight(name).to(weight.dtype))
+                self._fold(name, subtract=False)
                 self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
         """Take every merged adapter back out of the base weight (last merged first)."""
-        weight = self.base_layer.weight
         while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            with torch.no_grad():
-                weight.sub_(self.get_delta_weight(name).to(weight.dtype))
+            self._fold(self.merged_adapters.pop(), subtract=True)
+
+    @torch.no_grad()
+    def _fold(self, name: str, *, subtract: bool) -> None:
+        """Add (or subtract) ``scaling · B @ A`` into the base weight in place.
+
+        The numbers are :meth:`get_delta_weight`'s (PEFT's), computed a band of rows at a
+        time: no full-size delta is allocated (a 5632x2048 one is 46 MB of fresh pages per
+        layer), and each band stays in cache."""
+        weight = self.base_layer.weight
+        if not weight.is_floating_point():
+            delta = self.get_delta_weight(name).to(weight.dtype)
+            weight.sub_(delta) if subtract else weight.add_(delta)
+            return
+        weight_a, weight_b = self.lora_A[name].weight, self.lora_B[name].weight
+        dtype = weight_b.dtype
+        upcast = weight_b.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)
+        if upcast:
+            weight_a, weight_b = weight_a.float(), weight_b.float()
+        left, right = (weight_a.T, weight_b.T) if self.fan_in_fan_out else (weight_b, weight_a)  # weight's rows
+        rows = max(1, (1 << 20) // right.shape[1])                                             # ~4 MB bands
+        band = torch.empty((min(rows, weight.shape[0]), right.shape[1]), dtype=left.dtype, device=left.device)
+        for start in range(0, weight.shape[0], rows):
+            stop = min(start + rows, weight.shape[0])
+            delta = torch.mm(left[start:stop], right, out=band[: stop - start]).mul_(self.scaling[name])
+            delta = (delta.to(dtype) if upcast else delta).to(weight.dtype)
+            weight[start:stop].sub_(delta) if subtract else weight[start:stop].add_(delta)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters and self.merged_adapters:
@@ -146,15 +177,18 @@ class LoraLayer(nn.Module):
         if self.disable_adapters or self.merged_adapters:
             return result
         result_dtype = result.dtype
+        in_place = not torch.is_grad_enabled()  # no autograd graph to keep: reuse the fresh tensors
+        factors_a = self.lora_A._modules
         for name in self.active_adapters:
-            lora_a = self.lora_A[name] if name in self.lora_A else None
+            lora_a = factors_a.get(name)
             if lora_a is None:
                 continue
             weight_a = lora_a.weight
             h = x if x.dtype == weight_a.dtype and x.device == weight_a.device else x.to(weight_a)
-            h = self.lora_dropout[name](h)
-            h = self.lora_B[name](lora_a(h)) * self.scaling[name]                 # (..., out)
-            result = result + (h if h.device == result.device else h.to(result.device))
+            h = self.lora_B[name](lora_a(self.lora_dropout[name](h)))            # (..., out)
+            h = h.mul_(self.scaling[name]) if in_place else h * self.scaling[name]
+            h = h if h.device == result.device else h.to(result.device)
+            result = result.add_(h) if in_place and h.dtype == result.dtype else result + h
         return result.to(result_dtype)
 
     def extra_repr(self) -> str:

@@ -82,10 +82,10 @@ class AdapterMixin:
         name = adapter_name or "default"
         self._check_new_name(name)
         hub = {k: v for k, v in {**hub_kwargs, **(adapter_kwargs or {})}.items() if k in _HUB_KEYS}
-        config, tensors, where = self._adapter_source(peft_model_id, peft_config, adapter_state_dict,
-                                                      use_safetensors, hub)
+        config, tensors, where, owned = self._adapter_source(peft_model_id, peft_config, adapter_state_dict,
+                                                             use_safetensors, hub)
         config.inference_mode = not is_trainable
-        injected = self._inject_adapter(config, name, init=None, tensors=tensors, where=where)
+        injected = self._inject_adapter(config, name, init=None, tensors=tensors, where=where, owned=owned)
         if injected and not self.active_adapters():
             self.set_adapter(name)
         self._set_trainable()
@@ -102,11 +102,12 @@ class AdapterMixin:
                                                         or _missing_config(peft_model_id))
             config = peft_config if isinstance(peft_config, LoraConfig) else \
                 LoraConfig.from_dict(peft_config, source="peft_config")
-            return copy.deepcopy(config), dict(adapter_state_dict), "adapter_state_dict"
+            return copy.deepcopy(config), dict(adapter_state_dict), "adapter_state_dict", False
         if peft_model_id is None:
             raise ValueError("You should either pass a `peft_model_id` or a `peft_config` and `adapter_state_dict` "
                              "to load an adapter.")
-        return read_adapter(peft_model_id, use_safetensors=use_safetensors, **hub)
+        config, tensors, path = read_adapter(peft_model_id, use_safetensors=use_safetensors, **hub)
+        return config, tensors, path, path.endswith(".safetensors")  # a file's tensors: ours to take over
 
     def _check_new_name(self, name: str) -> None:
         if not isinstance(name, str) or not name or "." in name:
@@ -114,13 +115,14 @@ class AdapterMixin:
         if name in self.__dict__.get("peft_config", {}):
             raise ValueError(f"Adapter with name {name} already exists. Please use a different name.")
 
-    def _inject_adapter(self, config: LoraConfig, name: str, *, init, tensors=None, where: str = "") -> bool:
+    def _inject_adapter(self, config: LoraConfig, name: str, *, init, tensors=None, where: str = "",
+                        owned: bool = False) -> bool:
         """Find targets, wrap, and fill from ``tensors`` (or initialise); undone completely on any error."""
         lora_names, save_names, config = find_targets(self, config)
         done = inject(self, config, name, lora_names, save_names, init=init)
         try:
             if tensors is not None:
-                copy_tensors(match_tensors(adapter_tensors(self, name, config), tensors, config, where))
+                copy_tensors(match_tensors(adapter_tensors(self, name, config), tensors, config, where), owned=owned)
         except BaseException:
             done.undo()
             raise
