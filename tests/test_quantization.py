@@ -198,6 +198,31 @@ def test_weights_are_quantized_one_at_a_time(llama_dir):
     assert source.peak == 1
 
 
+def test_full_precision_weights_are_read_not_mapped(llama_dir):
+    """Weights to quantize come through ``Checkpoint.read`` (fresh memory, freed after quantizing),
+    never through the mapped ``get``, whose file pages would stay in RSS until the load ends."""
+    from pretrained.storage.checkpoint import Checkpoint
+
+    mapped, read = [], []
+    original_get, original_read = Checkpoint.get, Checkpoint.read
+
+    def get(self, name):
+        mapped.append(name)
+        return original_get(self, name)
+
+    def read_(self, name):
+        read.append(name)
+        return original_read(self, name)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Checkpoint, "get", get)
+        patch.setattr(Checkpoint, "read", read_)
+        model = LlamaForCausalLM.from_pretrained(llama_dir, quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    quantized = {n + ".weight" for n, m in model.named_modules() if isinstance(m, Int8Linear)}
+    assert quantized and quantized <= set(read)
+    assert not quantized & set(mapped)
+
+
 def test_planner_counts_quantized_sizes(llama_dir):
     reference = LlamaForCausalLM.from_pretrained(llama_dir)
     model = build_skeleton(LlamaForCausalLM, reference.config, dtype=torch.float32)
