@@ -198,6 +198,27 @@ def test_weights_are_quantized_one_at_a_time(llama_dir):
     assert source.peak == 1
 
 
+def test_banded_quantizers_equal_the_whole_matrix_formulas():
+    """int8 rows and int4 groups are computed band by band (small temporaries); the numbers are
+    those of the plain whole-matrix formulas, over several bands."""
+    torch.manual_seed(0)
+    weight = (torch.randn(3000, 512) * 0.02).bfloat16()
+    assert len(formats.row_bands(3000, 512 * 4)) == 2
+    w = weight.float()
+    scb = w.abs().amax(dim=1)
+    q = torch.round(w * (127.0 / scb.clamp(min=1e-30)).unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
+    ours_q, ours_scb = formats.quantize_int8_rows(weight)
+    assert torch.equal(ours_q, q) and torch.equal(ours_scb, scb)
+    g = w.reshape(3000, 4, 128)
+    lo, hi = g.amin(dim=2), g.amax(dim=2)
+    scale = ((hi - lo) / 15).clamp(min=1e-6)
+    q4 = torch.round((g - lo.unsqueeze(2)) / scale.unsqueeze(2)).clamp_(0, 15).to(torch.uint8).reshape(3000, 512)
+    ours = formats.quantize_int4_groups(weight, 128, torch.bfloat16)
+    assert torch.equal(ours["weight"], q4[:, ::2] | (q4[:, 1::2] << 4))
+    assert torch.equal(ours["weight_scale"], scale.bfloat16())
+    assert torch.equal(ours["weight_zero"], (lo + 8 * scale).bfloat16())
+
+
 def test_full_precision_weights_are_read_not_mapped(llama_dir):
     """Weights to quantize come through ``Checkpoint.read`` (fresh memory, freed after quantizing),
     never through the mapped ``get``, whose file pages would stay in RSS until the load ends."""
