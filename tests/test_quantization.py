@@ -198,6 +198,22 @@ def test_weights_are_quantized_one_at_a_time(llama_dir):
     assert source.peak == 1
 
 
+def test_int8_kernel_scales_follow_scb_changes():
+    """The per-dtype kernel scales are cached, and a changed or replaced SCB is seen."""
+    torch.manual_seed(0)
+    module = Int8Linear(64, 32, bias=False)
+    module.weight.data = torch.randint(-127, 128, (32, 64), dtype=torch.int8)
+    module.SCB.fill_(2.0)
+    x = torch.randn(3, 64)
+    first = module(x)
+    assert torch.equal(module(x), first)
+    module.SCB.mul_(2)
+    torch.testing.assert_close(module(x), 2 * first)
+    module.SCB = torch.full((32,), 1.0)
+    torch.testing.assert_close(module(x), first / 2)
+    torch.testing.assert_close(module(x.bfloat16()).float(), first / 2, atol=0.05, rtol=0.02)
+
+
 def test_banded_quantizers_equal_the_whole_matrix_formulas():
     """int8 rows and int4 groups are computed band by band (small temporaries); the numbers are
     those of the plain whole-matrix formulas, over several bands."""
