@@ -198,6 +198,68 @@ def test_weights_are_quantized_one_at_a_time(llama_dir):
     assert source.peak == 1
 
 
+def test_int8_kernel_scales_follow_scb_changes():
+    """The per-dtype kernel scales are cached, and a changed or replaced SCB is seen."""
+    torch.manual_seed(0)
+    module = Int8Linear(64, 32, bias=False)
+    module.weight.data = torch.randint(-127, 128, (32, 64), dtype=torch.int8)
+    module.SCB.fill_(2.0)
+    x = torch.randn(3, 64)
+    first = module(x)
+    assert torch.equal(module(x), first)
+    module.SCB.mul_(2)
+    torch.testing.assert_close(module(x), 2 * first)
+    module.SCB = torch.full((32,), 1.0)
+    torch.testing.assert_close(module(x), first / 2)
+    torch.testing.assert_close(module(x.bfloat16()).float(), first / 2, atol=0.05, rtol=0.02)
+
+
+def test_banded_quantizers_equal_the_whole_matrix_formulas():
+    """int8 rows and int4 groups are computed band by band (small temporaries); the numbers are
+    those of the plain whole-matrix formulas, over several bands."""
+    torch.manual_seed(0)
+    weight = (torch.randn(3000, 512) * 0.02).bfloat16()
+    assert len(formats.row_bands(3000, 512 * 4)) == 2
+    w = weight.float()
+    scb = w.abs().amax(dim=1)
+    q = torch.round(w * (127.0 / scb.clamp(min=1e-30)).unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
+    ours_q, ours_scb = formats.quantize_int8_rows(weight)
+    assert torch.equal(ours_q, q) and torch.equal(ours_scb, scb)
+    g = w.reshape(3000, 4, 128)
+    lo, hi = g.amin(dim=2), g.amax(dim=2)
+    scale = ((hi - lo) / 15).clamp(min=1e-6)
+    q4 = torch.round((g - lo.unsqueeze(2)) / scale.unsqueeze(2)).clamp_(0, 15).to(torch.uint8).reshape(3000, 512)
+    ours = formats.quantize_int4_groups(weight, 128, torch.bfloat16)
+    assert torch.equal(ours["weight"], q4[:, ::2] | (q4[:, 1::2] << 4))
+    assert torch.equal(ours["weight_scale"], scale.bfloat16())
+    assert torch.equal(ours["weight_zero"], (lo + 8 * scale).bfloat16())
+
+
+def test_full_precision_weights_are_read_not_mapped(llama_dir):
+    """Weights to quantize come through ``Checkpoint.read`` (fresh memory, freed after quantizing),
+    never through the mapped ``get``, whose file pages would stay in RSS until the load ends."""
+    from pretrained.storage.checkpoint import Checkpoint
+
+    mapped, read = [], []
+    original_get, original_read = Checkpoint.get, Checkpoint.read
+
+    def get(self, name):
+        mapped.append(name)
+        return original_get(self, name)
+
+    def read_(self, name):
+        read.append(name)
+        return original_read(self, name)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Checkpoint, "get", get)
+        patch.setattr(Checkpoint, "read", read_)
+        model = LlamaForCausalLM.from_pretrained(llama_dir, quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    quantized = {n + ".weight" for n, m in model.named_modules() if isinstance(m, Int8Linear)}
+    assert quantized and quantized <= set(read)
+    assert not quantized & set(mapped)
+
+
 def test_planner_counts_quantized_sizes(llama_dir):
     reference = LlamaForCausalLM.from_pretrained(llama_dir)
     model = build_skeleton(LlamaForCausalLM, reference.config, dtype=torch.float32)

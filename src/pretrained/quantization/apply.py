@@ -241,7 +241,10 @@ class QuantizingSource(TensorSource):
 
     def _quantize(self, prefix: str) -> Dict[str, torch.Tensor]:
         module, transposed = self._modules[prefix]
-        weight = self.source.get(prefix + ".weight")
+        # Read into fresh memory where the source can (a Checkpoint): a mapped view would leave the
+        # full-precision file pages resident beside the quantized model until the load ends.
+        read = getattr(self.source, "read", self.source.get)
+        weight = read(prefix + ".weight")
         if transposed:  # GPT-2's Conv1D stores [in, out]; bitsandbytes' layout is [out, in]
             weight = weight.t()
         if tuple(weight.shape) != (module.out_features, module.in_features):

@@ -20,7 +20,7 @@ Layouts (what the tensors on disk mean):
 from __future__ import annotations
 
 import functools
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -65,11 +65,26 @@ def dynamic_map() -> torch.Tensor:
 # ----------------------------------------------------------------------------- int8
 
 
+def row_bands(rows: int, row_bytes: int, budget: int = 4 << 20) -> List[Tuple[int, int]]:
+    """``(start, stop)`` bands of rows whose float32 working copies take about ``budget`` bytes.
+
+    Row-wise quantizers run band by band: the same numbers as on the whole matrix, but
+    the temporaries stay a few MB instead of several copies of the weight in float32
+    (each a fresh allocation that malloc may keep after it is freed).
+    """
+    step = max(1, budget // max(1, row_bytes))
+    return [(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
 def quantize_int8_rows(weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8: returns ``(int8 weight, SCB float32 row absmax)``."""
-    w = weight.float()
-    scb = w.abs().amax(dim=1)
-    q = torch.round(w * (127.0 / scb.clamp(min=1e-30)).unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scb = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    for start, stop in row_bands(weight.shape[0], weight.shape[1] * 4):
+        w = weight[start:stop].float()
+        band = scb[start:stop]
+        torch.amax(w.abs(), dim=1, out=band)
+        q[start:stop] = torch.round(w * (127.0 / band.clamp(min=1e-30)).unsqueeze(1)).clamp_(-127, 127)
     return q, scb
 
 
@@ -173,14 +188,19 @@ def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch
 def quantize_int4_groups(weight: torch.Tensor, group_size: int, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
     """Asymmetric group-wise int4 in our layout (module docstring): ``{"weight", "weight_scale", "weight_zero"}``."""
     out_features, in_features = weight.shape
-    w = weight.float().reshape(out_features, in_features // group_size, group_size)
-    lo, hi = w.amin(dim=2), w.amax(dim=2)
-    scale = ((hi - lo) / 15).clamp(min=1e-6)
-    q = torch.round((w - lo.unsqueeze(2)) / scale.unsqueeze(2)).clamp_(0, 15).to(torch.uint8)
-    q = q.reshape(out_features, in_features)
-    zero = lo + 8 * scale  # W = (q - 8) * scale + zero
-    packed = q[:, ::2] | (q[:, 1::2] << 4)
-    return {"weight": packed, "weight_scale": scale.to(dtype), "weight_zero": zero.to(dtype)}
+    out = {"weight": torch.empty((out_features, in_features // 2), dtype=torch.uint8, device=weight.device),
+           "weight_scale": torch.empty((out_features, in_features // group_size), dtype=dtype, device=weight.device),
+           "weight_zero": torch.empty((out_features, in_features // group_size), dtype=dtype, device=weight.device)}
+    for start, stop in row_bands(out_features, in_features * 4):
+        w = weight[start:stop].float().reshape(stop - start, in_features // group_size, group_size)
+        lo, hi = w.amin(dim=2), w.amax(dim=2)
+        scale = ((hi - lo) / 15).clamp(min=1e-6)
+        q = torch.round((w - lo.unsqueeze(2)) / scale.unsqueeze(2)).clamp_(0, 15).to(torch.uint8)
+        q = q.reshape(stop - start, in_features)
+        out["weight"][start:stop] = q[:, ::2] | (q[:, 1::2] << 4)
+        out["weight_scale"][start:stop] = scale.to(dtype)
+        out["weight_zero"][start:stop] = (lo + 8 * scale).to(dtype)  # W = (q - 8) * scale + zero
+    return out
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:

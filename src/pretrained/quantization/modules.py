@@ -79,9 +79,17 @@ class Int8Linear(QuantizedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return self._fallback(x)
-        scales = (self.SCB * (1.0 / 127)).to(x.dtype)
+        scales = self._kernel_scales(x.dtype)
         out = _flat_call(x, lambda a: torch._weight_int8pack_mm(a, self.weight, scales))
         return out if self.bias is None else out + self.bias.to(x.dtype)
+
+    def _kernel_scales(self, dtype: torch.dtype) -> torch.Tensor:
+        """``SCB / 127`` in ``dtype``, computed once per SCB value (a decode step would redo it per layer)."""
+        scb = self.SCB
+        cached = self.__dict__.get("_scales")  # (SCB tensor, its version, dtype, scales)
+        if cached is None or cached[0] is not scb or cached[1] != scb._version or cached[2] != dtype:
+            cached = self.__dict__["_scales"] = (scb, scb._version, dtype, (scb * (1.0 / 127)).to(dtype))
+        return cached[3]
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
