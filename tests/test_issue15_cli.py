@@ -177,3 +177,13 @@ def test_issue15_plan_places_the_head_and_keeps_layers_whole(capsys, checkpoints
     assert not [m for m in modules if re.fullmatch(r".*\.(layers|layer|h)\.\d+\..+", m)], out  # layers whole
     if key in HEADS:
         assert head_name in modules, out
+
+
+@pytest.mark.parametrize("key", ["qwen2", "gemma-seq"])
+def test_issue15_run_with_disk_offload_prints_the_same(capsys, checkpoints, tmp_path, key):
+    folder = checkpoints[key][1]
+    args = ("run", folder, "--prompt", "the quick brown fox", "--max-new-tokens", 4, "--text", TEXTS[1])
+    plain = _run(capsys, *args)
+    offloaded = _run(capsys, *args, "--max-memory", "cpu=3920KB", "--offload-folder", tmp_path / "off")
+    assert "'disk'" in offloaded.split("device map")[-1]
+    assert plain.split("Load report")[0] == offloaded.split("Load report")[0]
