@@ -187,3 +187,21 @@ def test_issue15_run_with_disk_offload_prints_the_same(capsys, checkpoints, tmp_
     offloaded = _run(capsys, *args, "--max-memory", "cpu=3920KB", "--offload-folder", tmp_path / "off")
     assert "'disk'" in offloaded.split("device map")[-1]
     assert plain.split("Load report")[0] == offloaded.split("Load report")[0]
+
+
+@pytest.mark.parametrize("problem_type, squash", [("multi_label_classification", torch.sigmoid),
+                                                  ("regression", lambda t: t),
+                                                  ("single_label_classification", lambda t: t.softmax(-1))])
+def test_issue15_run_scores_labels_as_the_pipeline_does(capsys, checkpoints, tmp_path, problem_type, squash):
+    """Transformers' text-classification pipeline: raw outputs for regression, sigmoid for multi-label
+    (or one label), else softmax."""
+    folder = tmp_path / "clf"
+    shutil.copytree(checkpoints["bert-seq"][1], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "problem_type": problem_type}))
+    out = _run(capsys, "run", folder, "--text", TEXTS[0])
+    assert f"(3 labels, {problem_type})" in out
+    row = next(line for line in out.splitlines() if "logits" in line).split()
+    probs = squash(_logits(" ".join(row)))
+    assert row[0] == LABELS["id2label"][int(probs.argmax())]
+    assert float(row[1]) == pytest.approx(probs.max().item(), abs=1e-3)

@@ -157,13 +157,19 @@ def _logits_text(values) -> str:
 
 def _run_classifier(model, tokenizer, texts: Sequence[str]) -> None:
     """Each text on its own (no padding, so decoder heads need no pad token): its label and logits.
-    Probabilities as Transformers' pipeline gives them: sigmoid for multi-label or one label, else softmax."""
+    Scores as Transformers' text-classification pipeline gives them: the raw outputs for regression,
+    sigmoid for multi-label or one label, else softmax."""
     config = model.config
     kind = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
     print(f"Sequence classification ({config.num_labels} labels, {kind}):")
     for i, text in enumerate(texts):
         logits = _forward_one(model, tokenizer, text)[0].logits[0].float()
-        probs = logits.sigmoid() if kind != "single_label_classification" else logits.softmax(-1)
+        if kind == "regression":
+            probs = logits
+        elif kind == "multi_label_classification" or config.num_labels == 1:
+            probs = logits.sigmoid()
+        else:
+            probs = logits.softmax(-1)
         best = int(probs.argmax())
         print(f"  [{i}] {text}")
         print(f"      {config.id2label[best]} {probs[best].item():.3f}   logits {_logits_text(logits)}")
