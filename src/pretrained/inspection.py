@@ -48,7 +48,7 @@ def meta_model_or_reason(config, architecture: Optional[str] = None) -> Tuple[Op
         if not name:
             continue
         try:
-            cls = _import_attr(module_name, name)
+            cls = _import_attr(_module_of(config.model_type, name, module_name), name)
         except ValueError:
             continue
         try:
@@ -59,6 +59,15 @@ def meta_model_or_reason(config, architecture: Optional[str] = None) -> Tuple[Op
             return None, f"pretrained cannot build {name} from this config ({err})"
         return model, None
     return None, f"no model class of pretrained matches {names or config.model_type!r}"
+
+
+def _module_of(model_type: str, name: str, default: str) -> str:
+    """The module of class ``name`` in the auto tables (the heads of BERT live in their own module)."""
+    for table in _MODELS.values():
+        module, _, cls = table.get(model_type, "").rpartition(":")
+        if cls == name and module:
+            return module
+    return default
 
 
 def read_config(name_or_path, **hub_kwargs: Any):
