@@ -17,8 +17,9 @@ import sys
 import types
 from typing import Any, Dict, Tuple, Type
 
-from .configuration import PretrainedConfig
+from .configuration import LoadedConfig, PretrainedConfig
 from .errors import CheckpointError, RemoteCodeError
+from .storage.resolve import HUB_KWARGS
 
 # model_type -> (module, config class)
 _CONFIGS: Dict[str, Tuple[str, str]] = {
@@ -48,7 +49,6 @@ _MODELS: Dict[str, Dict[str, str]] = {
 }
 _REGISTERED_CONFIGS: Dict[str, Type[PretrainedConfig]] = {}
 _REGISTERED_MODELS: Dict[str, Dict[type, type]] = {name: {} for name in _MODELS}
-_HUB_KEYS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
 def _import_attr(module: str, name: str):
@@ -140,9 +140,19 @@ class AutoConfig:
             ValueError: an unknown ``model_type``.
             RemoteCodeError: the config needs custom code and ``trust_remote_code`` is False.
         """
+        return_unused = kwargs.pop("return_unused_kwargs", False)
+        config, unused, _ = AutoConfig._load_pretrained(pretrained_model_name_or_path,
+                                                        trust_remote_code=trust_remote_code, **kwargs)
+        return (config, unused) if return_unused else config
+
+    @staticmethod
+    def _load_pretrained(pretrained_model_name_or_path, *, trust_remote_code: bool = False,
+                         **kwargs: Any) -> LoadedConfig:
+        """:meth:`from_pretrained`, returning ``(config, unused, raw)`` (see
+        :class:`~pretrained.configuration.LoadedConfig`)."""
         config_dict, remaining = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **dict(kwargs))
-        hub = {k: kwargs[k] for k in _HUB_KEYS if k in kwargs}
-        overrides = {k: v for k, v in kwargs.items() if k not in _HUB_KEYS}
+        hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        overrides = {k: v for k, v in kwargs.items() if k not in HUB_KWARGS}
         auto_map = config_dict.get("auto_map") or {}
         if not isinstance(auto_map, dict):
             raise CheckpointError(f"config.json of {pretrained_model_name_or_path}: 'auto_map' must be an object, "
@@ -163,10 +173,10 @@ class AutoConfig:
                 f"config.json of {pretrained_model_name_or_path} has no 'model_type' key; pretrained knows "
                 f"{sorted(set(_CONFIGS) | set(_REGISTERED_CONFIGS))}"
             )
-        result = config_class._from_file_dict(config_dict, os.fspath(pretrained_model_name_or_path), **overrides)
-        config = result[0] if isinstance(result, tuple) else result
+        config, unused = config_class._from_file_dict(config_dict, os.fspath(pretrained_model_name_or_path),
+                                                      **overrides)
         config.name_or_path = os.fspath(pretrained_model_name_or_path)
-        return result
+        return LoadedConfig(config, unused, config_dict)
 
 
 # ------------------------------------------------------------------ AutoModel*
@@ -225,7 +235,8 @@ class _BaseAutoModel:
                         trust_remote_code: bool = False, **kwargs: Any):
         """Load the model class that the checkpoint's config names (see
         :meth:`pretrained.PreTrainedModel.from_pretrained` for the keywords)."""
-        hub = {k: kwargs[k] for k in _HUB_KEYS if k in kwargs}
+        hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        beside_weights = config is None  # then the config is read from where the weights are
         if config is None:  # an adapter folder: the config of the base model it names
             from .adapters.entry import base_of_adapter
 
@@ -233,12 +244,13 @@ class _BaseAutoModel:
         if not isinstance(config, PretrainedConfig):
             config_kwargs = {k: v for k, v in kwargs.items()
                              if k not in hub and k not in _MODEL_LOAD_KEYS}
-            result = AutoConfig.from_pretrained(
+            config, unused, raw = AutoConfig._load_pretrained(
                 config if config is not None else pretrained_model_name_or_path,
-                trust_remote_code=trust_remote_code, return_unused_kwargs=True, **hub, **config_kwargs,
+                trust_remote_code=trust_remote_code, **hub, **config_kwargs,
             )
-            config, unused = result
             kwargs = {k: v for k, v in kwargs.items() if k not in config_kwargs or k in unused}
+            if beside_weights:  # from_pretrained checks it against the folder the weights come from
+                kwargs["_config_read"] = (raw, {k: v for k, v in config_kwargs.items() if k not in unused})
         auto_map = getattr(config, "auto_map", None) or {}
         if cls._auto_name in auto_map:
             _require_trust(pretrained_model_name_or_path, trust_remote_code)

@@ -20,17 +20,25 @@ import inspect
 import json
 import os
 import typing
-from typing import Any, ClassVar, Dict, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 
 from .errors import CheckpointError, CheckpointNotFoundError
+from .storage.resolve import HUB_KWARGS, resolve_file
 from .utils import dtype_name
 
 CONFIG_NAME = "config.json"
 
-# Keys that Transformers keeps on the config object but never treats as model fields.
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+class LoadedConfig(NamedTuple):
+    """What the internal loader returns: the config, the keyword arguments that are
+    not config fields, and the ``config.json`` content it was built from (``raw``),
+    so a caller can compare that file with another and rebuild the config."""
+
+    config: "PretrainedConfig"
+    unused: Dict[str, Any]
+    raw: Dict[str, Any]
 
 
 class PretrainedConfig:
@@ -82,7 +90,7 @@ class PretrainedConfig:
         self._name_or_path = str(kwargs.pop("name_or_path", kwargs.pop("_name_or_path", "")))
         self.transformers_version = kwargs.pop("transformers_version", None)
         kwargs.pop("model_type", None)  # a class attribute; the file's copy is informational
-        for key in _HUB_KWARGS:
+        for key in HUB_KWARGS:  # where a file came from, never a model field
             kwargs.pop(key, None)
 
         # Everything else: keep as it came, so the file round-trips.
@@ -107,12 +115,13 @@ class PretrainedConfig:
                 value = value[len("torch."):]
         super().__setattr__(key, value)
 
-    def __getattribute__(self, key: str) -> Any:
-        if key != "attribute_map" and not key.startswith("__"):
-            amap = type(self).attribute_map
-            if key in amap:
-                key = amap[key]
-        return super().__getattribute__(key)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Each alias of attribute_map becomes a property of the class, once, when the
+        # class is made: reads of the real fields cost nothing extra. Set on every
+        # subclass, so an alias wins over an attribute of the same name, as in Transformers.
+        super().__init_subclass__(**kwargs)
+        for alias, target in cls.attribute_map.items():
+            setattr(cls, alias, _alias_property(alias, target))
 
     @property
     def dtype(self):
@@ -236,12 +245,13 @@ class PretrainedConfig:
         return (config, unused) if return_unused else config
 
     @classmethod
-    def _from_file_dict(cls, config_dict: Any, source, **kwargs: Any):
-        """:meth:`from_dict` for the content of a ``config.json``: whatever is wrong with
-        its values is a :class:`CheckpointError` naming ``source``, never a stray
-        ``TypeError``/``AttributeError`` from a config's ``__init__``."""
+    def _from_file_dict(cls, config_dict: Any, source, **kwargs: Any) -> Tuple["PretrainedConfig", Dict[str, Any]]:
+        """``(config, unused)``: :meth:`from_dict` for the content of a ``config.json``;
+        whatever is wrong with its values is a :class:`CheckpointError` naming
+        ``source``, never a stray ``TypeError``/``AttributeError`` from a config's
+        ``__init__``."""
         try:
-            result = cls.from_dict(config_dict, **kwargs)
+            return cls.from_dict(config_dict, return_unused_kwargs=True, **kwargs)
         except CheckpointError as err:
             raise CheckpointError(f"config.json of {source}: {err}") from err
         except (TypeError, ValueError, AttributeError, KeyError, IndexError, ArithmeticError, RecursionError) as err:
@@ -249,23 +259,15 @@ class PretrainedConfig:
                 f"config.json of {source} holds values {cls.__name__} cannot use: {type(err).__name__}: "
                 f"{str(err)[:300]}"
             ) from err
-        # Remember what the file said and what was overridden, so from_pretrained can
-        # check the config against the folder its weights were opened from.
-        config, unused = result if isinstance(result, tuple) else (result, {})
-        config._source_dict = copy.deepcopy(config_dict)
-        config._source_overrides = {k: v for k, v in kwargs.items() if k not in unused and k != "return_unused_kwargs"}
-        return result
 
     @classmethod
     def from_json_file(cls, path: Union[str, os.PathLike]):
-        return cls._from_file_dict(load_config_dict(path), os.fspath(path))
+        return cls._from_file_dict(load_config_dict(path), os.fspath(path))[0]
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """Read ``config.json`` of a folder, file or Hub repo; returns ``(dict, remaining kwargs)``."""
-        from .storage.resolve import resolve_file
-
-        hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
+        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
         path = os.fspath(pretrained_model_name_or_path)
         if os.path.isfile(path) and path.endswith(".json"):
             config_path = path
@@ -280,12 +282,20 @@ class PretrainedConfig:
         Keyword arguments that name config attributes override the file's values;
         hub options (``cache_dir``, ``revision``, ``token``, ``local_files_only``,
         ``force_download``, ``subfolder``) choose where the file comes from.
+        With ``return_unused_kwargs=True`` returns ``(config, unused)``.
 
         Raises:
             CheckpointNotFoundError: no ``config.json`` there.
             CheckpointError: the file is not a JSON object, or a value has the wrong
                 type (see :func:`check_value_types`; the message names the key).
         """
+        return_unused = kwargs.pop("return_unused_kwargs", False)
+        config, unused, _ = cls._load_pretrained(pretrained_model_name_or_path, **kwargs)
+        return (config, unused) if return_unused else config
+
+    @classmethod
+    def _load_pretrained(cls, pretrained_model_name_or_path, **kwargs: Any) -> LoadedConfig:
+        """:meth:`from_pretrained`, returning ``(config, unused, raw)`` (see :class:`LoadedConfig`)."""
         config_dict, kwargs = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
         declared = config_dict.get("model_type")
         if cls.model_type and declared and declared != cls.model_type:
@@ -295,10 +305,9 @@ class PretrainedConfig:
                 "config.json of %s has model_type %r; reading it as %s (model_type %r)",
                 pretrained_model_name_or_path, declared, cls.__name__, cls.model_type,
             )
-        result = cls._from_file_dict(config_dict, os.fspath(pretrained_model_name_or_path), **kwargs)
-        config = result[0] if isinstance(result, tuple) else result
+        config, unused = cls._from_file_dict(config_dict, os.fspath(pretrained_model_name_or_path), **kwargs)
         config.name_or_path = os.fspath(pretrained_model_name_or_path)
-        return result
+        return LoadedConfig(config, unused, config_dict)
 
     # --------------------------------------------------------------------- misc
     def __eq__(self, other: object) -> bool:
@@ -319,6 +328,18 @@ class PretrainedConfig:
         if auto_class != "AutoConfig":
             raise ValueError(f"{auto_class} is not a valid auto class for a config")
         cls._auto_class = auto_class
+
+
+def _alias_property(alias: str, target: str) -> property:
+    """``config.<alias>`` reads and writes ``config.<target>`` (an ``attribute_map`` entry)."""
+
+    def get(self: "PretrainedConfig") -> Any:
+        return getattr(self, target)
+
+    def set(self: "PretrainedConfig", value: Any) -> None:
+        setattr(self, target, value)
+
+    return property(get, set, doc=f"``{alias}``: another name of ``{target}`` (``attribute_map``).")
 
 
 _PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
@@ -354,7 +375,6 @@ def _set_labels(config: "PretrainedConfig", kwargs: Dict[str, Any]) -> None:
     config.problem_type = problem_type
 
 
-_KINDS: Dict[type, Dict[str, Tuple[type, bool]]] = {}
 _SCALARS = (bool, int, float, str)
 
 
@@ -371,15 +391,17 @@ def _kind_of_hint(hint: Any) -> Optional[Tuple[type, bool]]:
 
 
 def _field_kinds(cls: type) -> Dict[str, Tuple[type, bool]]:
-    """Field name -> ``(kind, optional)`` for the scalar fields of a config class (cached).
+    """Field name -> ``(kind, optional)`` for the scalar fields of a config class.
 
-    From the annotations of the ``__init__`` of ``cls`` and its bases where they
-    are plain scalars (``int``, ``Optional[float]``...), else from the type of a
-    non-``None`` default; fields set by ``PretrainedConfig.__init__`` from its
-    ``**kwargs`` from the values of ``cls()``.
+    Derived once per class, on first use (not when the class is made: building
+    ``cls()`` needs the class complete), and kept on the class itself. From the
+    annotations of the ``__init__`` of ``cls`` and its bases where they are plain
+    scalars (``int``, ``Optional[float]``...), else from the type of a non-``None``
+    default; fields set by ``PretrainedConfig.__init__`` from its ``**kwargs``
+    from the values of ``cls()``.
     """
-    if cls in _KINDS:
-        return _KINDS[cls]
+    if "_field_kinds_table" in cls.__dict__:
+        return cls.__dict__["_field_kinds_table"]
     kinds: Dict[str, Tuple[type, bool]] = {}
     try:
         defaults = dict(cls().__dict__)
@@ -406,7 +428,7 @@ def _field_kinds(cls: type) -> Dict[str, Tuple[type, bool]]:
                 kind = next(((t, False) for t in _SCALARS if isinstance(param.default, t)), None)
             if kind is not None:
                 kinds[param.name] = kind
-    _KINDS[cls] = kinds
+    setattr(cls, "_field_kinds_table", kinds)
     return kinds
 
 

@@ -16,14 +16,13 @@ import torch
 from torch import nn
 
 from ..logging import get_logger
+from ..storage.resolve import HUB_KWARGS
 from .config import LoraConfig
 from .files import PEFT_PREFIX, adapter_files, adapter_tensors, copy_tensors, match_tensors, read_adapter
 from .inject import adapter_modules, find_targets, inject, unwrap
 from .layers import LoraLayer, ModulesToSaveWrapper
 
 logger = get_logger(__name__)
-
-_HUB_KEYS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
 class AdapterMixin:
@@ -81,7 +80,7 @@ class AdapterMixin:
         """
         name = adapter_name or "default"
         self._check_new_name(name)
-        hub = {k: v for k, v in {**hub_kwargs, **(adapter_kwargs or {})}.items() if k in _HUB_KEYS}
+        hub = {k: v for k, v in {**hub_kwargs, **(adapter_kwargs or {})}.items() if k in HUB_KWARGS}
         config, tensors, where, owned = self._adapter_source(peft_model_id, peft_config, adapter_state_dict,
                                                              use_safetensors, hub)
         config.inference_mode = not is_trainable

@@ -40,7 +40,6 @@ from .mixin import ModuleUtilsMixin
 
 logger = get_logger(__name__)
 
-_HUB_KEYS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 _IGNORED_LOAD_KWARGS = ("_fast_init", "proxies", "mirror", "resume_download", "_commit_hash", "use_auth_token",
                         "offload_buffers", "low_cpu_mem_usage")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
@@ -593,14 +592,16 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
             pretrained_model_name_or_path, kwargs, hub)
 
         # 1. config
+        config_read = kwargs.pop("_config_read", None)  # (config.json content, overrides), from AutoModel*
         if not isinstance(config, PretrainedConfig):
             source = config if config is not None else pretrained_model_name_or_path
             if source is None:
                 raise ValueError("from_pretrained needs a path or repo id, or both config= and state_dict=")
+            beside_weights = config is None  # then checked against the folder the weights are opened from
             config_class = cls.config_class or PretrainedConfig
-            config, model_kwargs = config_class.from_pretrained(
-                source, return_unused_kwargs=True, **{k: v for k, v in hub.items()}, **kwargs
-            )
+            config, model_kwargs, raw = config_class._load_pretrained(source, **hub, **kwargs)
+            if beside_weights:
+                config_read = (raw, {k: v for k, v in kwargs.items() if k not in model_kwargs})
         else:
             config = copy.deepcopy(config)
             model_kwargs = kwargs
@@ -624,7 +625,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
             )
             checkpoint = Checkpoint(resolved, verify=verify)
             source = checkpoint
-            config = _config_matching_weights(config, checkpoint)
+            config = _config_matching_weights(config, checkpoint, config_read)
 
         try:
             # 3. dtype and skeleton
@@ -830,24 +831,23 @@ def _is_fx_proxy(value: Any) -> bool:
     return fx is not None and isinstance(value, fx.Proxy)
 
 
-def _config_matching_weights(config: PretrainedConfig, checkpoint) -> PretrainedConfig:
+def _config_matching_weights(config: PretrainedConfig, checkpoint, config_read) -> PretrainedConfig:
     """The config of the folder the weights were opened from.
 
     ``config.json`` is read before the weights; a save that swapped the folder
     in between would pair one version's config with another's weights. When the
-    held folder's ``config.json`` differs from the one read, it is rebuilt from
-    the held folder with the same overrides.
+    held folder's ``config.json`` differs from the one read (``config_read``: its
+    content and the overrides; None for a config the caller chose), it is
+    rebuilt from the held folder with the same overrides.
     """
-    read = getattr(config, "_source_dict", None)
-    if read is None:
+    if config_read is None:
         return config
+    read, overrides = config_read
     current = checkpoint.read_config()
     if current is None or current == read:
         return config
     logger.info("config.json of %s changed while loading; using the one beside the weights", config.name_or_path)
-    rebuilt = type(config)._from_file_dict(current, checkpoint.resolved.folder,
-                                           **getattr(config, "_source_overrides", {}))
-    rebuilt = rebuilt[0] if isinstance(rebuilt, tuple) else rebuilt
+    rebuilt, _ = type(config)._from_file_dict(current, checkpoint.resolved.folder, **overrides)
     rebuilt.name_or_path = config.name_or_path
     rebuilt._attn_implementation = config._attn_implementation
     return rebuilt

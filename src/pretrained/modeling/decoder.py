@@ -12,8 +12,10 @@ glance:
 - :class:`DecoderLayer`: ``attention_class``, ``mlp_class``, ``norm_class``.
 - :class:`DecoderModel`: ``layer_class``, ``norm_class``, ``scale_embeddings``
   (multiply token embeddings by sqrt(hidden_size) in their dtype, Gemma).
-- :class:`DecoderConfig`: RoPE settings in both spellings and
-  :meth:`DecoderConfig.layer_window` (the sliding window of layer i, or None).
+- :class:`DecoderConfig`: the keywords every family shares, with Llama's
+  defaults (a family config states only those it changes and its own), RoPE
+  settings in both spellings and :meth:`DecoderConfig.layer_window` (the
+  sliding window of layer i, or None).
 
 Shape notation: B batch, T new tokens, P cached tokens, C hidden_size, H heads,
 Hkv key/value heads, D head_dim, W sliding window.
@@ -24,7 +26,7 @@ Sliding windows are Transformers': query at cache position q sees key k when
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Type, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -48,9 +50,15 @@ __all__ = ["DecoderConfig", "DecoderMLP", "DecoderAttention", "DecoderLayer", "D
 
 
 class DecoderConfig(PretrainedConfig):
-    """Base of the decoder family configs: RoPE read in either spelling.
+    """Base of the decoder family configs: the keywords they share, RoPE read in either spelling.
 
-    5.x ``rope_parameters`` (a dict with ``rope_type``, ``rope_theta``,
+    The defaults are Llama-2-7B's (:class:`~pretrained.LlamaConfig` adds only
+    its own keys); each family passes those it changes.  The first fourteen
+    may be given by position, in Llama's (Transformers 4.37) order.
+    ``num_key_value_heads`` defaults to ``num_attention_heads`` (no GQA),
+    ``head_dim`` to ``hidden_size // num_attention_heads``.
+
+    RoPE: 5.x ``rope_parameters`` (a dict with ``rope_type``, ``rope_theta``,
     ``factor``...) or 4.x ``rope_theta`` + ``rope_scaling``; when both are
     given, ``rope_scaling`` wins, as in Transformers 5.  They are kept as one
     standard ``rope_parameters`` dict; ``rope_theta`` and ``rope_scaling`` read
@@ -58,6 +66,59 @@ class DecoderConfig(PretrainedConfig):
     """
 
     keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 32000,
+        hidden_size: int = 4096,
+        intermediate_size: int = 11008,
+        num_hidden_layers: int = 32,
+        num_attention_heads: int = 32,
+        num_key_value_heads: Optional[int] = None,
+        hidden_act: str = "silu",
+        max_position_embeddings: int = 2048,
+        initializer_range: float = 0.02,
+        rms_norm_eps: float = 1e-6,
+        use_cache: bool = True,
+        pad_token_id: Optional[int] = None,
+        bos_token_id: Optional[int] = 1,
+        eos_token_id: Optional[Union[int, list]] = 2,
+        *,
+        head_dim: Optional[int] = None,
+        tie_word_embeddings: bool = False,
+        rope_theta: Optional[float] = None,
+        rope_scaling: Optional[Mapping[str, Any]] = None,
+        rope_parameters: Optional[Mapping[str, Any]] = None,
+        attention_dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        self.vocab_size = vocab_size
+        self.max_position_embeddings = max_position_embeddings
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads if num_key_value_heads is not None else num_attention_heads
+        self.head_dim = head_dim if head_dim is not None else hidden_size // num_attention_heads
+        self.hidden_act = hidden_act
+        self.initializer_range = initializer_range
+        self.rms_norm_eps = rms_norm_eps
+        self.use_cache = use_cache
+        self.attention_dropout = attention_dropout
+        self._set_rope(rope_parameters, rope_theta=rope_theta, rope_scaling=rope_scaling)
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    def _set_sliding_layers(self, use_sliding_window: bool, sliding_window: Optional[int], max_window_layers: int,
+                            layer_types: Optional[List[str]]) -> None:
+        """Qwen2/Qwen3's window keys, as Transformers 5: a window only with
+        ``use_sliding_window`` (else ``sliding_window`` is None), on the layers
+        from ``max_window_layers`` on unless ``layer_types`` says which."""
+        self.use_sliding_window = use_sliding_window
+        self.sliding_window = sliding_window if use_sliding_window else None
+        self.max_window_layers = max_window_layers
+        self.layer_types = (list(layer_types) if layer_types is not None
+                            else sliding_layer_types(self.num_hidden_layers, self.sliding_window, max_window_layers))
 
     def _set_rope(self, params, *, rope_theta=None, rope_scaling=None) -> None:
         params = dict(params or {})

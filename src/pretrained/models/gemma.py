@@ -25,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -41,12 +41,17 @@ __all__ = ["GemmaConfig", "GemmaModel", "GemmaForCausalLM", "GemmaForSequenceCla
 
 
 class GemmaConfig(DecoderConfig):
-    """Gemma hyper-parameters; the defaults are Transformers' (Gemma-7B shapes)."""
+    """Gemma hyper-parameters; the defaults are Transformers' (Gemma-7B shapes).
+
+    Keyword-only; the keywords not listed here, and their defaults, are
+    :class:`~pretrained.modeling.decoder.DecoderConfig`'s.
+    """
 
     model_type = "gemma"
 
     def __init__(
         self,
+        *,
         vocab_size: int = 256000,
         hidden_size: int = 3072,
         intermediate_size: int = 24576,
@@ -56,18 +61,11 @@ class GemmaConfig(DecoderConfig):
         head_dim: int = 256,
         hidden_act: str = "gelu_pytorch_tanh",
         max_position_embeddings: int = 8192,
-        initializer_range: float = 0.02,
-        rms_norm_eps: float = 1e-6,
-        use_cache: bool = True,
         pad_token_id: Optional[int] = 0,
         eos_token_id: Optional[Union[int, list]] = 1,
         bos_token_id: Optional[int] = 2,
         tie_word_embeddings: bool = True,
-        rope_theta: Optional[float] = None,
-        rope_scaling: Optional[Mapping[str, Any]] = None,
-        rope_parameters: Optional[Mapping[str, Any]] = None,
         attention_bias: bool = False,
-        attention_dropout: float = 0.0,
         use_bidirectional_attention: Optional[bool] = None,
         **kwargs: Any,
     ) -> None:
@@ -75,24 +73,16 @@ class GemmaConfig(DecoderConfig):
             logger.warning('Gemma config has hidden_act="gelu", the legacy value of the official releases meant '
                            'as the tanh approximation: using hidden_act="gelu_pytorch_tanh" (as Transformers).')
             hidden_act = "gelu_pytorch_tanh"
-        self.vocab_size = vocab_size
-        self.max_position_embeddings = max_position_embeddings
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_key_value_heads if num_key_value_heads is not None else num_attention_heads
-        self.head_dim = head_dim
-        self.hidden_act = hidden_act
-        self.initializer_range = initializer_range
-        self.rms_norm_eps = rms_norm_eps
-        self.use_cache = use_cache
-        self.attention_bias = attention_bias
-        self.attention_dropout = attention_dropout
-        self.use_bidirectional_attention = use_bidirectional_attention
-        self._set_rope(rope_parameters, rope_theta=rope_theta, rope_scaling=rope_scaling)
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+        super().__init__(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                         num_key_value_heads=num_key_value_heads, hidden_act=hidden_act,
+                         max_position_embeddings=max_position_embeddings, pad_token_id=pad_token_id,
+                         eos_token_id=eos_token_id, bos_token_id=bos_token_id,
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
+        self.head_dim = head_dim  # explicit, never hidden_size // num_attention_heads
+        self.attention_bias = attention_bias
+        self.use_bidirectional_attention = use_bidirectional_attention
+
 
 
 class GemmaRMSNorm(nn.Module):

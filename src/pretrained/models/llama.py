@@ -29,7 +29,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 from ..modeling.decoder import (DecoderAttention, DecoderConfig, DecoderForCausalLM, DecoderForSequenceClassification,
                                 DecoderLayer, DecoderMLP, DecoderModel, DecoderPreTrainedModel)
@@ -40,8 +40,9 @@ __all__ = ["LlamaConfig", "LlamaModel", "LlamaForCausalLM", "LlamaForSequenceCla
 class LlamaConfig(DecoderConfig):
     """Llama hyper-parameters; the defaults are Transformers' (Llama-2-7B shapes).
 
-    RoPE settings are read in either spelling (see
-    :class:`~pretrained.modeling.decoder.DecoderConfig`).
+    The shared keywords, their defaults and RoPE settings in either spelling are
+    :class:`~pretrained.modeling.decoder.DecoderConfig`'s; Llama adds
+    ``pretraining_tp``, ``attention_bias`` and ``mlp_bias``.
 
     ``num_key_value_heads`` defaults to ``num_attention_heads`` (no GQA) and
     ``head_dim`` to ``hidden_size // num_attention_heads``.  ``pretraining_tp``
@@ -58,50 +59,17 @@ class LlamaConfig(DecoderConfig):
 
     def __init__(
         self,
-        vocab_size: int = 32000,
-        hidden_size: int = 4096,
-        intermediate_size: int = 11008,
-        num_hidden_layers: int = 32,
-        num_attention_heads: int = 32,
-        num_key_value_heads: Optional[int] = None,
-        hidden_act: str = "silu",
-        max_position_embeddings: int = 2048,
-        initializer_range: float = 0.02,
-        rms_norm_eps: float = 1e-6,
-        use_cache: bool = True,
-        pad_token_id: Optional[int] = None,
-        bos_token_id: Optional[int] = 1,
-        eos_token_id: Optional[Union[int, list]] = 2,
+        *args: Any,
         pretraining_tp: int = 1,
-        tie_word_embeddings: bool = False,
-        rope_theta: Optional[float] = None,
-        rope_scaling: Optional[Mapping[str, Any]] = None,
-        rope_parameters: Optional[Mapping[str, Any]] = None,
         attention_bias: bool = False,
-        attention_dropout: float = 0.0,
         mlp_bias: bool = False,
-        head_dim: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
-        self.vocab_size = vocab_size
-        self.max_position_embeddings = max_position_embeddings
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_key_value_heads if num_key_value_heads is not None else num_attention_heads
-        self.head_dim = head_dim if head_dim is not None else hidden_size // num_attention_heads
-        self.hidden_act = hidden_act
-        self.initializer_range = initializer_range
-        self.rms_norm_eps = rms_norm_eps
+        super().__init__(*args, **kwargs)  # positional: DecoderConfig's fourteen, in Transformers 4.37's order
         self.pretraining_tp = pretraining_tp
-        self.use_cache = use_cache
         self.attention_bias = attention_bias
-        self.attention_dropout = attention_dropout
         self.mlp_bias = mlp_bias
-        self._set_rope(rope_parameters, rope_theta=rope_theta, rope_scaling=rope_scaling)
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+
 
 
 # Llama is the plain decoder of :mod:`pretrained.modeling.decoder`: the classes only give it its names.

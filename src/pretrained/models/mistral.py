@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Optional
 
 from ..modeling.decoder import (DecoderAttention, DecoderConfig, DecoderForCausalLM, DecoderForSequenceClassification,
                                 DecoderLayer, DecoderModel, DecoderPreTrainedModel)
@@ -26,52 +26,26 @@ __all__ = ["MistralConfig", "MistralModel", "MistralForCausalLM", "MistralForSeq
 
 
 class MistralConfig(DecoderConfig):
-    """Mistral hyper-parameters; the defaults are Transformers' (Mistral-7B shapes)."""
+    """Mistral hyper-parameters; the defaults are Transformers' (Mistral-7B shapes).
+
+    Keyword-only; the keywords not listed here, and their defaults, are
+    :class:`~pretrained.modeling.decoder.DecoderConfig`'s.
+    """
 
     model_type = "mistral"
 
     def __init__(
         self,
-        vocab_size: int = 32000,
-        hidden_size: int = 4096,
+        *,
         intermediate_size: int = 14336,
-        num_hidden_layers: int = 32,
-        num_attention_heads: int = 32,
         num_key_value_heads: Optional[int] = 8,
-        head_dim: Optional[int] = None,
-        hidden_act: str = "silu",
         max_position_embeddings: int = 4096 * 32,
-        initializer_range: float = 0.02,
-        rms_norm_eps: float = 1e-6,
-        use_cache: bool = True,
-        pad_token_id: Optional[int] = None,
-        bos_token_id: Optional[int] = 1,
-        eos_token_id: Optional[Union[int, list]] = 2,
-        tie_word_embeddings: bool = False,
-        rope_theta: Optional[float] = None,
-        rope_scaling: Optional[Mapping[str, Any]] = None,
-        rope_parameters: Optional[Mapping[str, Any]] = None,
         sliding_window: Optional[int] = 4096,
-        attention_dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        self.vocab_size = vocab_size
-        self.max_position_embeddings = max_position_embeddings
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_key_value_heads if num_key_value_heads is not None else num_attention_heads
-        self.head_dim = head_dim if head_dim is not None else hidden_size // num_attention_heads
-        self.hidden_act = hidden_act
-        self.initializer_range = initializer_range
-        self.rms_norm_eps = rms_norm_eps
-        self.use_cache = use_cache
+        super().__init__(intermediate_size=intermediate_size, num_key_value_heads=num_key_value_heads,
+                         max_position_embeddings=max_position_embeddings, **kwargs)
         self.sliding_window = sliding_window
-        self.attention_dropout = attention_dropout
-        self._set_rope(rope_parameters, rope_theta=rope_theta, rope_scaling=rope_scaling)
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
 
     def layer_window(self, layer_idx: int) -> Optional[int]:
         """Every Mistral layer slides (``layer_types`` in a file are kept, not used, as in Transformers)."""

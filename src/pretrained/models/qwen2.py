@@ -18,69 +18,44 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional, Union
+from typing import Any, List, Optional, Union
 
 from ..modeling.decoder import (DecoderAttention, DecoderConfig, DecoderForCausalLM, DecoderForSequenceClassification,
-                                DecoderLayer, DecoderModel, DecoderPreTrainedModel, sliding_layer_types)
+                                DecoderLayer, DecoderModel, DecoderPreTrainedModel)
 
 __all__ = ["Qwen2Config", "Qwen2Model", "Qwen2ForCausalLM", "Qwen2ForSequenceClassification",
            "Qwen2PreTrainedModel"]
 
 
 class Qwen2Config(DecoderConfig):
-    """Qwen2 hyper-parameters; the defaults are Transformers' (Qwen2-7B-like shapes)."""
+    """Qwen2 hyper-parameters; the defaults are Transformers' (Qwen2-7B-like shapes).
+
+    Keyword-only; the keywords not listed here, and their defaults, are
+    :class:`~pretrained.modeling.decoder.DecoderConfig`'s.
+    """
 
     model_type = "qwen2"
 
     def __init__(
         self,
+        *,
         vocab_size: int = 151936,
-        hidden_size: int = 4096,
         intermediate_size: int = 22016,
-        num_hidden_layers: int = 32,
-        num_attention_heads: int = 32,
         num_key_value_heads: Optional[int] = 32,
-        head_dim: Optional[int] = None,
-        hidden_act: str = "silu",
         max_position_embeddings: int = 32768,
-        initializer_range: float = 0.02,
-        rms_norm_eps: float = 1e-6,
-        use_cache: bool = True,
-        tie_word_embeddings: bool = False,
-        rope_theta: Optional[float] = None,
-        rope_scaling: Optional[Mapping[str, Any]] = None,
-        rope_parameters: Optional[Mapping[str, Any]] = None,
+        bos_token_id: Optional[int] = None,
+        eos_token_id: Optional[Union[int, list]] = None,
         use_sliding_window: bool = False,
         sliding_window: Optional[int] = 4096,
         max_window_layers: int = 28,
         layer_types: Optional[List[str]] = None,
-        attention_dropout: float = 0.0,
-        pad_token_id: Optional[int] = None,
-        bos_token_id: Optional[int] = None,
-        eos_token_id: Optional[Union[int, list]] = None,
         **kwargs: Any,
     ) -> None:
-        self.vocab_size = vocab_size
-        self.max_position_embeddings = max_position_embeddings
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_key_value_heads if num_key_value_heads is not None else num_attention_heads
-        self.head_dim = head_dim if head_dim is not None else hidden_size // num_attention_heads
-        self.hidden_act = hidden_act
-        self.initializer_range = initializer_range
-        self.rms_norm_eps = rms_norm_eps
-        self.use_cache = use_cache
-        self.use_sliding_window = use_sliding_window
-        self.sliding_window = sliding_window if use_sliding_window else None
-        self.max_window_layers = max_window_layers
-        self.layer_types = (list(layer_types) if layer_types is not None
-                            else sliding_layer_types(num_hidden_layers, self.sliding_window, max_window_layers))
-        self.attention_dropout = attention_dropout
-        self._set_rope(rope_parameters, rope_theta=rope_theta, rope_scaling=rope_scaling)
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+        super().__init__(vocab_size=vocab_size, intermediate_size=intermediate_size,
+                         num_key_value_heads=num_key_value_heads, max_position_embeddings=max_position_embeddings,
+                         bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+        self._set_sliding_layers(use_sliding_window, sliding_window, max_window_layers, layer_types)
+
 
 
 class Qwen2Attention(DecoderAttention):
