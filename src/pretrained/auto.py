@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import types
-from typing import Any, Dict, Tuple, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 from .configuration import LoadedConfig, PretrainedConfig
 from .errors import CheckpointError, RemoteCodeError
@@ -65,6 +65,57 @@ def config_class_for(model_type: str) -> Type[PretrainedConfig]:
         return _import_attr(*_CONFIGS[model_type])
     known = sorted(set(_CONFIGS) | set(_REGISTERED_CONFIGS))
     raise ValueError(f"Unrecognized model_type {model_type!r}; pretrained knows {known}")
+
+
+# ------------------------------------------------------------------ built-in lookup (public)
+
+
+def builtin_model_types() -> List[str]:
+    """The ``model_type`` values pretrained implements itself (not those added with ``register``).
+
+    >>> "llama" in builtin_model_types()
+    True
+    """
+    return sorted(_CONFIGS)
+
+
+def auto_class_name(auto_class: str, model_type: str) -> Optional[str]:
+    """Name of the built-in class that ``auto_class`` builds for ``model_type``; ``None`` when none.
+
+    Args:
+        auto_class: the auto class's name, e.g. ``"AutoModelForCausalLM"``.
+        model_type: ``config.model_type``.
+
+    Raises:
+        KeyError: ``auto_class`` is not an auto class of pretrained.
+
+    >>> auto_class_name("AutoModelForCausalLM", "llama")
+    'LlamaForCausalLM'
+    >>> auto_class_name("AutoModelForSeq2SeqLM", "bert") is None
+    True
+    """
+    return _MODELS[auto_class].get(model_type, "").rpartition(":")[2] or None
+
+
+def builtin_class(model_type: str, class_name: str) -> type:
+    """The built-in class ``class_name`` of architecture ``model_type``, imported now from
+    the module that defines it (BERT's heads from ``models/bert_heads.py``).
+
+    Raises:
+        ValueError: ``model_type`` is not built in, or its modules have no ``class_name``.
+
+    >>> builtin_class("bert", "BertForSequenceClassification").__module__
+    'pretrained.models.bert_heads'
+    """
+    if model_type not in _CONFIGS:
+        raise ValueError(f"model_type {model_type!r} is not an architecture pretrained implements; "
+                         f"it implements {sorted(_CONFIGS)}")
+    module = _CONFIGS[model_type][0]
+    for table in _MODELS.values():
+        where, _, name = table.get(model_type, "").rpartition(":")
+        if name == class_name and where:
+            module = where
+    return _import_attr(module, class_name)
 
 
 # ------------------------------------------------------------------ custom code

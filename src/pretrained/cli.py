@@ -125,15 +125,15 @@ def _auto_class_and_task(config):
     by ``architectures`` runs as that head; else decoders generate, T5 too, encoders embed."""
     import pretrained
 
-    from .auto import _MODELS
+    from .auto import auto_class_name
 
     architecture = (getattr(config, "architectures", None) or [""])[0] or ""
     for ending, (auto, task) in _HEAD_TASKS.items():
-        if architecture.endswith(ending) and config.model_type in _MODELS[auto]:
+        if architecture.endswith(ending) and auto_class_name(auto, config.model_type):
             return getattr(pretrained, auto), task
-    if config.model_type in _MODELS["AutoModelForCausalLM"]:
+    if auto_class_name("AutoModelForCausalLM", config.model_type):
         return pretrained.AutoModelForCausalLM, "generate"
-    if config.model_type in _MODELS["AutoModelForSeq2SeqLM"]:
+    if auto_class_name("AutoModelForSeq2SeqLM", config.model_type):
         return pretrained.AutoModelForSeq2SeqLM, "generate"
     return pretrained.AutoModel, "embed"
 

@@ -1,10 +1,11 @@
 """Rewrite a checkpoint tensor by tensor: dtype, shard size, format, variant.
 
 :func:`convert_checkpoint` never holds more than a couple of tensors: each
-source tensor is read with ``preadv`` into fresh memory (safetensors) — no file
-stays mapped, so page-cache pages do not pile up in RSS —, cast, written and
-dropped; the result is then read back and compared with the source, tensor
-by tensor.  The write is atomic like every save (:mod:`pretrained.storage.writer`).
+source tensor is mapped on its own (safetensors, :func:`~pretrained.storage.slices.map_tensor`:
+the mapping goes with the tensor, so no file stays mapped and page-cache pages
+do not pile up in RSS), cast, written and dropped; the result is then read
+back and compared with the source, tensor by tensor. Everything is read and
+written through :mod:`pretrained.storage`.  The write is atomic like every save (:mod:`pretrained.storage.writer`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import torch
 
 from .errors import CheckpointError
 from .logging import get_logger
-from .placement.offload import DiskReader, disk_tensor_in
 from .storage.checkpoint import Checkpoint
 from .storage.resolve import resolve_checkpoint
+from .storage.slices import map_tensor
 from .storage.writer import LazyTensor, save_checkpoint
 from .utils import dtype_name, parse_dtype, parse_size
 
@@ -98,15 +99,11 @@ def convert_checkpoint(src, dst, *, dtype: Union[str, torch.dtype, None] = None,
     limit = parse_size(max_shard_size, name="max_shard_size")
     resolved = resolve_checkpoint(src, variant=source_variant)
     _check_not_inside(resolved.folder, dst)
-    reader = DiskReader()
     with Checkpoint(resolved) as checkpoint:
-        headers = getattr(checkpoint, "_headers", {})
-
         def source_tensor(name: str) -> torch.Tensor:
-            if checkpoint.format == "safetensors":
-                path = checkpoint.file_of(name)
-                return reader.read(disk_tensor_in(path, name, header=headers.get(path)))
-            return checkpoint.get(name)
+            located = checkpoint.locate(name)  # (fd, header entry, file); None for .bin
+            tensor = map_tensor(located[0], located[1], where=located[2]) if located is not None else None
+            return tensor if tensor is not None else checkpoint.read(name)
 
         entries: Dict[str, LazyTensor] = {}
         largest = 0
@@ -130,37 +127,32 @@ def _verify(dst, entries, source_tensor, target, variant) -> None:
     with Checkpoint(resolve_checkpoint(dst, variant=variant)) as out:
         if set(out.keys()) != set(entries):
             raise CheckpointError(f"converted checkpoint {dst} does not hold the source's tensors")
-        headers = getattr(out, "_headers", {})
         for name in entries:
             expected = _cast(source_tensor(name), target)
             dtype, shape = out.dtype_shape(name)
             same = dtype == expected.dtype and tuple(shape) == tuple(expected.shape)
-            if same and out.format == "safetensors":
-                path = out.file_of(name)
-                info = headers[path].tensors[name] if path in headers else disk_tensor_in(path, name)
-                same = _bytes_equal(path, info.start, expected)
+            located = out.locate(name) if same else None  # (fd, header entry, file) of a safetensors file
+            if located is not None:
+                same = _bytes_equal(located[0], located[1].start, expected)
             elif same:
                 same = torch.equal(out.get(name), expected)
             if not same:
                 raise CheckpointError(f"converted tensor {name!r} in {dst} differs from the source")
 
 
-def _bytes_equal(path: str, start: int, expected: torch.Tensor, chunk: int = 16 * 2**20) -> bool:
+def _bytes_equal(fd: int, start: int, expected: torch.Tensor, chunk: int = 16 * 2**20) -> bool:
+    """Whether the file open as ``fd`` holds ``expected``'s bytes from ``start`` (read in chunks)."""
     data = expected.contiguous().reshape(-1).view(torch.uint8)
     buffer = torch.empty(min(chunk, max(data.numel(), 1)), dtype=torch.uint8)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for offset in range(0, data.numel(), chunk):
-            length = min(chunk, data.numel() - offset)
-            view = memoryview(buffer[:length].numpy())
-            done = 0
-            while done < length:
-                count = os.preadv(fd, [view[done:]], start + offset + done)
-                if not count:
-                    return False
-                done += count
-            if not torch.equal(buffer[:length], data[offset:offset + length]):
+    for offset in range(0, data.numel(), chunk):
+        length = min(chunk, data.numel() - offset)
+        view = memoryview(buffer[:length].numpy())
+        done = 0
+        while done < length:
+            count = os.preadv(fd, [view[done:]], start + offset + done)
+            if not count:
                 return False
-    finally:
-        os.close(fd)
+            done += count
+        if not torch.equal(buffer[:length], data[offset:offset + length]):
+            return False
     return True

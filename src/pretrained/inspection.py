@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .auto import AutoConfig, _MODELS, _CONFIGS, _import_attr
+from .auto import AutoConfig, auto_class_name, builtin_class, builtin_model_types
 from .configuration import PretrainedConfig
 from .errors import CheckpointError, CheckpointNotFoundError
 from .legacy_keys import current_name
@@ -39,16 +39,15 @@ def meta_model_or_reason(config, architecture: Optional[str] = None) -> Tuple[Op
     """:func:`meta_model`, and when it is ``None`` a sentence saying why (an unknown
     ``model_type``, or a config this library cannot build, e.g. an unsupported rope type)."""
     names = [architecture] if architecture else list(config.architectures or [])
-    module_name = _CONFIGS.get(config.model_type, (None,))[0]
-    if module_name is None:
+    if config.model_type not in builtin_model_types():
         return None, f"model_type {config.model_type or None!r} is not an architecture pretrained implements"
     heads = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForMaskedLM", "AutoModel")
-    candidates = names + [_MODELS[auto].get(config.model_type) for auto in heads]
+    candidates = names + [auto_class_name(auto, config.model_type) for auto in heads]
     for name in candidates:
         if not name:
             continue
         try:
-            cls = _import_attr(_module_of(config.model_type, name, module_name), name)
+            cls = builtin_class(config.model_type, name)
         except ValueError:
             continue
         try:
@@ -59,15 +58,6 @@ def meta_model_or_reason(config, architecture: Optional[str] = None) -> Tuple[Op
             return None, f"pretrained cannot build {name} from this config ({err})"
         return model, None
     return None, f"no model class of pretrained matches {names or config.model_type!r}"
-
-
-def _module_of(model_type: str, name: str, default: str) -> str:
-    """The module of class ``name`` in the auto tables (the heads of BERT live in their own module)."""
-    for table in _MODELS.values():
-        module, _, cls = table.get(model_type, "").rpartition(":")
-        if cls == name and module:
-            return module
-    return default
 
 
 def read_config(name_or_path, **hub_kwargs: Any):

@@ -30,7 +30,8 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from ..storage.safetensors import map_bytes, read_header, save_safetensors
+from ..storage.safetensors import read_header, save_safetensors
+from ..storage.slices import map_tensor
 
 PathLike = Union[str, os.PathLike]
 
@@ -202,19 +203,10 @@ class DiskReader:
         if own:
             fd = _open(entry.path)
         try:
-            size = os.fstat(fd).st_size
-            if size < entry.end:  # mapping past the end would fault (SIGBUS) when read
-                raise OSError(f"{entry.path} ended at byte {size}, before the offloaded tensor it should hold")
-            try:
-                mapping, offset = map_bytes(fd, entry.start, entry.end)
-            except (OSError, ValueError):  # no address space for it: read it instead
-                return None
+            return map_tensor(fd, entry, where=entry.path)
         finally:
             if own:
                 os.close(fd)
-        view = torch.frombuffer(mapping, dtype=entry.dtype, count=entry.nbytes // entry.dtype.itemsize,
-                                offset=offset)
-        return view.view(entry.shape)
 
     def _read_exactly(self, path: str, offset: int, buffer: memoryview) -> None:
         fd = self._fds.get(path)

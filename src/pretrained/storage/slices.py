@@ -1,4 +1,4 @@
-"""Read parts of a safetensors tensor: the byte ranges of one rank's slice only.
+"""Read parts of a safetensors tensor by byte range, or map one tensor on its own.
 
 A slice keeps ranges of one dimension ``dim`` of a row-major tensor. Along
 dim 0 each range is one contiguous run of bytes; along a later dim it is one
@@ -8,6 +8,10 @@ so nothing but the slice is ever in memory.
 
 Every byte read here is added to :data:`READ_COUNTER` (per process), which is
 how tests and benchmarks prove a rank read only its share.
+
+:func:`map_tensor` maps just one tensor's bytes (a private, copy-on-write
+mapping that goes with the last view of it): the page cache is read in place,
+and no mapping of a whole file keeps its pages in the process's RSS.
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ from __future__ import annotations
 import math
 import os
 import threading
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from ..errors import CheckpointError
-from .safetensors import TensorInfo
+from .safetensors import TensorInfo, map_bytes
 
-__all__ = ["READ_COUNTER", "ReadCounter", "read_slice", "slice_runs"]
+__all__ = ["READ_COUNTER", "ReadCounter", "map_tensor", "read_slice", "slice_runs"]
 
 
 class ReadCounter:
@@ -129,3 +133,36 @@ def read_slice(fd: int, info: TensorInfo, dim: int = 0, ranges: Sequence[Tuple[i
             got += count
         done += length
     return out
+
+
+def map_tensor(fd: int, info: TensorInfo, *, where: str = "the file") -> Optional[torch.Tensor]:
+    """A view of a private (copy-on-write) mapping of just the bytes of ``info``.
+
+    The mapping is unmapped when the last view of it dies. Writing to the view
+    never reaches the file.
+
+    Args:
+        fd: an open file descriptor of the file.
+        info: where the tensor lives: anything with ``start``, ``end``, ``dtype`` and
+            ``shape`` (a :class:`TensorInfo`, an offloaded tensor's entry).
+        where: the file's name, for errors.
+
+    Returns:
+        The tensor, or ``None`` where it cannot be mapped (no bytes, an offset
+        misaligned for its dtype, no address space): read it instead.
+
+    Raises:
+        OSError: the file is shorter than ``info`` says (mapping past its end would fault).
+    """
+    nbytes = info.end - info.start
+    if not nbytes or info.start % info.dtype.itemsize:
+        return None
+    size = os.fstat(fd).st_size
+    if size < info.end:
+        raise OSError(f"{where} ended at byte {size}, before the tensor it should hold")
+    try:
+        mapping, offset = map_bytes(fd, info.start, info.end)
+    except (OSError, ValueError):  # no address space for it
+        return None
+    view = torch.frombuffer(mapping, dtype=info.dtype, count=nbytes // info.dtype.itemsize, offset=offset)
+    return view.view(tuple(info.shape))
