@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from pretrained import LlamaConfig, LlamaForCausalLM, T5Config, T5Model
-from pretrained.errors import CheckpointError
 from pretrained.distributed.plan import (ParamCut, check_divisible, divide_heads, heads_to_divide, plan_cuts,
                                          resolve_plan)
 from pretrained.storage.safetensors import read_header, save_safetensors
@@ -105,32 +104,3 @@ def test_tp_plan_without_a_process_group_is_a_clear_error(tmp_path, monkeypatch)
         LlamaForCausalLM.from_pretrained(tmp_path, tp_plan="auto")
     with pytest.raises(ValueError, match="cannot be combined"):
         LlamaForCausalLM.from_pretrained(tmp_path, tp_plan="auto", device_map="cpu")
-
-
-def test_a_slice_of_many_short_runs_is_copied_in_one_pass_and_counts_only_its_bytes(tmp_path):
-    """A row-wise split weight (one run per row) is copied through a transient mapping, not one preadv per row."""
-    from pretrained.storage import slices
-
-    weight = torch.arange(300 * 16, dtype=torch.float32).reshape(300, 16)
-    path = str(tmp_path / "w.safetensors")
-    save_safetensors({"w": weight}, path)
-    info = read_header(path).tensors["w"]
-    assert len(slice_runs(info, 1, [(4, 12)])) == 300 > slices.MAPPED_RUNS
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        READ_COUNTER.reset()
-        got = read_slice(fd, info, 1, [(4, 12)])
-        assert torch.equal(got, weight[:, 4:12])
-        assert (READ_COUNTER.bytes, READ_COUNTER.calls) == (300 * 8 * 4, 1)   # one pass, only the slice's bytes
-        got = read_slice(fd, info, 1, [(0, 2), (10, 16)])
-        assert torch.equal(got, torch.cat([weight[:, :2], weight[:, 10:]], dim=1))
-    finally:
-        os.close(fd)
-    with open(path, "r+b") as handle:                                 # a short file: the preadv path names it
-        handle.truncate(info.end - 64)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with pytest.raises(CheckpointError, match="ended before"):
-            read_slice(fd, info, 1, [(4, 12)], where=path)
-    finally:
-        os.close(fd)
