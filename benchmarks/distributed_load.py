@@ -5,11 +5,15 @@ checkpoint with ``from_pretrained(..., tp_plan="auto", torch_dtype=bfloat16)``.
 Each rank reports: bytes read (``pretrained.storage.slices.READ_COUNTER``), its
 share (local slices + the replicated tensors), peak RSS (``ru_maxrss``), the
 RSS after ``import torch, pretrained`` and process-group start, and the load
-wall time. The baselines are one process: plain ``from_pretrained`` (mapped,
-zero-copy: pages are read when first touched, here by one forward) and
-``tp_plan`` over a world of 1 (reads every byte with ``preadv``). The page
-cache is warm (the checkpoint was just written or read): this measures
-reading from memory, not from the disk.
+wall time, and the CPU seconds (user + system) the load took. The baselines
+are one process: plain ``from_pretrained`` (mapped, zero-copy: pages are read
+when first touched; its time "all ranks" includes reading every byte once,
+with one reduction per parameter, as a first forward would) and ``tp_plan``
+over a world of 1 (reads every byte with the ranks' reader). The page cache is
+warm (the checkpoint was just written or read): this measures reading from
+memory, not from the disk. The last lines give the target's ratio, 2 ranks'
+load (all ranks done) over each baseline; see benchmarks/README.md for which
+baseline is the target's.
 
     python benchmarks/distributed_load.py --checkpoint /tmp/llama-1.1b --worlds 2,4
 
@@ -52,6 +56,28 @@ def build(path: str) -> None:
     save_checkpoint(path, state, max_shard_size=500 * 10**6, extra_files={"config.json": config.to_json_string()})
 
 
+def _time_phases() -> dict:
+    """Wrap the load's phases so each records (CPU s, wall s) into the returned dict (``--phases``)."""
+    from pretrained.distributed import tensor_parallel
+    from pretrained.modeling import base
+
+    phases = {}
+
+    def timed(name, function):
+        def wrapper(*args, **kwargs):
+            cpu, wall = _cpu_seconds(), time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phases[name] = (round(_cpu_seconds() - cpu, 3), round(time.perf_counter() - wall, 3))
+        return wrapper
+
+    for name in ("build_skeleton", "maybe_tensor_parallel", "load_weights"):
+        setattr(base, name, timed(name, getattr(base, name)))
+    tensor_parallel.TensorParallel.finish = timed("finish (DTensors, hooks)", tensor_parallel.TensorParallel.finish)
+    return phases
+
+
 def child(mode: str, path: str, backend: str) -> None:
     """One rank (or the single process): load, measure, print one JSON line."""
     import torch
@@ -61,6 +87,7 @@ def child(mode: str, path: str, backend: str) -> None:
     from pretrained.storage.slices import READ_COUNTER
 
     distributed = mode == "tp"
+    phases = _time_phases() if os.environ.get("BENCH_PHASES") else {}
     if distributed:
         import torch.distributed as dist
 
@@ -69,13 +96,15 @@ def child(mode: str, path: str, backend: str) -> None:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.barrier()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cpu = _cpu_seconds()
     start = time.perf_counter()
     kwargs = {"tp_plan": "auto"} if distributed else {}
     model = LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16, **kwargs)
     load = time.perf_counter() - start
-    if not distributed:  # touch every mapped page, as a first forward does
+    if not distributed:  # read every byte of the mapped weights, as a first forward does
         with torch.inference_mode():
-            model(torch.tensor([[1, 2, 3]]))
+            for p in model.parameters():
+                p.sum()
     touched = time.perf_counter() - start
     split = sum(p.to_local().nbytes for p in model.parameters() if type(p).__name__ == "DTensor")
     whole = sum(p.nbytes for p in model.parameters() if type(p).__name__ != "DTensor")
@@ -86,17 +115,23 @@ def child(mode: str, path: str, backend: str) -> None:
             with torch.inference_mode():
                 device = torch.device("cuda", torch.cuda.current_device())
                 assert torch.isfinite(model(torch.tensor([[1, 2, 3]], device=device)).logits).all()
-    print(json.dumps({"rank": int(os.environ.get("RANK", 0)), "load_s": load, "touched_s": touched,
+    cpu = _cpu_seconds() - cpu
+    print(json.dumps({"rank": int(os.environ.get("RANK", 0)), "load_s": load, "touched_s": touched, "cpu_s": cpu,
                       "all_ranks_s": load_all if distributed else load, "read": READ_COUNTER.bytes,
                       "split_local": split, "replicated": whole,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "base_rss_mb": base}), flush=True)
+                      "base_rss_mb": base, "phases": phases}), flush=True)
     if distributed:
         dist.destroy_process_group()
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def launch(args, mode: str, world: int) -> list:
-    env = dict(os.environ, PYTHONPATH=SRC, PRETRAINED_NO_PROGRESS="1")
+    env = dict(os.environ, PYTHONPATH=SRC, PRETRAINED_NO_PROGRESS="1", **({"BENCH_PHASES": "1"} if args.phases else {}))
     me = [os.path.abspath(__file__), "--child", mode, "--checkpoint", args.checkpoint, "--backend", args.backend]
     if mode == "tp":
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
@@ -112,14 +147,14 @@ def launch(args, mode: str, world: int) -> list:
 
 def table(results: dict, total: int) -> str:
     lines = ["| run | rank | bytes read (MB) | share of checkpoint | its slices + replicated (MB) | peak RSS (MB) "
-             "| RSS after imports (MB) | load s (rank / all ranks) |", "|" + "---|" * 8]
+             "| RSS after imports (MB) | load s (rank / all ranks) | CPU s |", "|" + "---|" * 9]
     for name, rows in results.items():
         for r in rows:
             lines.append(f"| {name} | {r['rank']} | {r['read'] / 1e6:.0f} | {r['read'] / total:.3f} | "
                          f"{(r['split_local'] + r['replicated']) / 1e6:.0f} | {r['peak_rss_mb']:.0f} | "
                          f"{r['base_rss_mb']:.0f} | {r['load_s']:.2f} / {r['all_ranks_s']:.2f}"
-                         + (f" (first forward done: {r['touched_s']:.2f})" if name.startswith("1 process (mmap") else "")
-                         + " |")
+                         + (f" (every byte read: {r['touched_s']:.2f})" if name.startswith("1 process (mmap") else "")
+                         + f" | {r['cpu_s']:.2f} |")
     return "\n".join(lines)
 
 
@@ -130,6 +165,8 @@ def main() -> None:
     parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--skip-baselines", action="store_true", help="only the --worlds runs")
+    parser.add_argument("--phases", action="store_true",
+                        help="also print each rank's (CPU s, wall s) per load phase")
     parser.add_argument("--child", choices=["tp", "single", "build"])
     args = parser.parse_args()
     if args.child == "build":
@@ -148,6 +185,23 @@ def main() -> None:
         results[f"{world} ranks, tp_plan ({args.backend})"] = launch(args, "tp", world)
     print(f"checkpoint: {total / 1e6:.0f} MB in safetensors files; cpus: {os.cpu_count()}")
     print(table(results, total))
+    print(ratios(results))
+    for name, rows in results.items():
+        for r in rows:
+            if r.get("phases"):
+                print(f"phases {name} rank {r['rank']}: {r['phases']}")
+
+
+def ratios(results: dict) -> str:
+    """2 ranks' load (all ranks done) over each one-process baseline that ran."""
+    two = next((rows for name, rows in results.items() if name.startswith("2 ranks")), None)
+    plain, world1 = results.get("1 process (mmap, plain from_pretrained)"), results.get(
+        "1 process, tp_plan (world 1: reads everything)")
+    if two is None or plain is None or world1 is None:
+        return ""
+    both = max(r["all_ranks_s"] for r in two)
+    return (f"2 ranks / plain + every byte read: {both / plain[0]['touched_s']:.2f}; "
+            f"2 ranks / tp world 1: {both / world1[0]['all_ranks_s']:.2f}")
 
 
 if __name__ == "__main__":
