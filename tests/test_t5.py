@@ -28,7 +28,8 @@ transformers = pytest.importorskip("transformers")
 
 from pretrained import AutoModelForSeq2SeqLM  # noqa: E402
 from pretrained.modeling.cache import EncoderDecoderCache  # noqa: E402
-from pretrained.models.t5 import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Model  # noqa: E402
+from pretrained.models.t5 import T5Config  # noqa: E402
+from pretrained.models.t5_heads import T5EncoderModel, T5ForConditionalGeneration, T5Model  # noqa: E402
 
 ATOL = 1e-5       # eager vs eager: the same operations in the same order
 SDPA_ATOL = 5e-5  # fused kernels sum in another order; v1.1's N(0, 1) head gives logits ~10

@@ -35,12 +35,13 @@ _CONFIGS: Dict[str, Tuple[str, str]] = {
 # auto class -> model_type -> model class name (in the same module as the config, or "module:Class")
 _DECODERS = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma": "Gemma"}
 _BERT_HEADS = "pretrained.models.bert_heads:"
+_T5_HEADS = "pretrained.models.t5_heads:"
 _MODELS: Dict[str, Dict[str, str]] = {
-    "AutoModel": {"bert": "BertModel", "gpt2": "GPT2Model", "t5": "T5Model",
+    "AutoModel": {"bert": "BertModel", "gpt2": "GPT2Model", "t5": _T5_HEADS + "T5Model",
                   **{t: f"{n}Model" for t, n in _DECODERS.items()}},
     "AutoModelForCausalLM": {"gpt2": "GPT2LMHeadModel", **{t: f"{n}ForCausalLM" for t, n in _DECODERS.items()}},
     "AutoModelForMaskedLM": {"bert": "BertForMaskedLM"},
-    "AutoModelForSeq2SeqLM": {"t5": "T5ForConditionalGeneration"},
+    "AutoModelForSeq2SeqLM": {"t5": _T5_HEADS + "T5ForConditionalGeneration"},
     "AutoModelForSequenceClassification": {
         "bert": _BERT_HEADS + "BertForSequenceClassification", "gpt2": "GPT2ForSequenceClassification",
         **{t: f"{n}ForSequenceClassification" for t, n in _DECODERS.items()}},

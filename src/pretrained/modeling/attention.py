@@ -50,6 +50,8 @@ from torch import Tensor, nn
 __all__ = [
     "attention",
     "eager_attention",
+    "additive_mask",
+    "expanded_mask",
     "causal_mask",
     "padding_mask",
     "repeat_kv",
@@ -181,10 +183,26 @@ def repeat_kv(hidden_states: Tensor, groups: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------- masks
+# The 0/1 -> additive helpers of the 4.37 API (``get_extended_attention_mask``,
+# ``invert_attention_mask``) are ModuleUtilsMixin's, in modeling/mixin.py; they
+# compute ``(1 - mask) * min`` as Transformers does.  Masks built here start from
+# booleans (True: attend) and go through :func:`additive_mask`.
+def additive_mask(keep: Tensor, dtype: torch.dtype) -> Tensor:
+    """Boolean ``keep`` (True where a key is visible) -> additive: 0 there, ``finfo(dtype).min`` elsewhere."""
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+
+
+def expanded_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A mask the caller expanded already (4-D, (B|1, 1|H, Sq, Sk)) as an additive one of ``dtype``:
+    a boolean mask (True: attend) is converted, a float mask is taken as additive and cast."""
+    if mask.dtype == torch.bool:
+        return additive_mask(mask, dtype)
+    return mask.to(dtype)
+
+
 def padding_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
     """(B, Sk) of 1 (attend) / 0 (pad) -> additive (B, 1, 1, Sk)."""
-    keep = attention_mask[:, None, None, :].to(torch.bool)
-    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+    return additive_mask(attention_mask[:, None, None, :].to(torch.bool), dtype)
 
 
 def causal_mask(
@@ -211,7 +229,7 @@ def causal_mask(
     keep = keep[None, None]                                                  # (1, 1, Sq, Sk)
     if attention_mask is not None:
         keep = keep & attention_mask[:, None, None, :].to(torch.bool)        # (B, 1, Sq, Sk)
-    return torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)
+    return additive_mask(keep, dtype)
 
 
 def packed_sequence_mask(
@@ -242,7 +260,7 @@ def packed_sequence_mask(
     keep = sequence[:, None, :, None] == sequence[:, None, None, :]        # (B, 1, T, T)
     if causal:
         keep = keep & torch.ones(keep.shape[-2:], dtype=torch.bool, device=keep.device).tril()
-    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+    return additive_mask(keep, dtype)
 
 
 # --------------------------------------------------------------------------- packed batches

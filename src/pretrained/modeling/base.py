@@ -37,6 +37,7 @@ from ..quantization import check_saveable, dequantize_model, quantization_of, qu
 from ..utils import dtype_name, parse_dtype, parse_size
 from .generation import GENERATION_CONFIG_NAME, GenerationConfig
 from .mixin import ModuleUtilsMixin
+from .norms import is_rms_norm
 
 logger = get_logger(__name__)
 
@@ -171,7 +172,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
             module.weight.data.normal_(mean=0.0, std=std)
             if module.padding_idx is not None:
                 module.weight.data[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm) or "RMSNorm" in type(module).__name__:
+        elif isinstance(module, nn.LayerNorm) or is_rms_norm(module):
             if getattr(module, "weight", None) is not None:
                 module.weight.data.fill_(1.0)
             if getattr(module, "bias", None) is not None:

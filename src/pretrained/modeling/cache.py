@@ -145,3 +145,23 @@ def as_cache(past, *, encoder_decoder: bool = False) -> Optional[Cache]:
     if hasattr(past, "update") and hasattr(past, "get_seq_length"):
         return past
     return EncoderDecoderCache.from_legacy_cache(past) if encoder_decoder else DynamicCache.from_legacy_cache(past)
+
+
+def prepare_cache(past, *, use_cache: bool, encoder_decoder: bool = False) -> Tuple[Optional[Cache], int]:
+    """The cache one forward works with, and P, the number of tokens it already holds.
+
+    ``past`` is read as :func:`as_cache` reads it; an encoder-decoder model always
+    gets an :class:`EncoderDecoderCache` (a self-attention-only cache object is
+    wrapped in one).  With ``use_cache`` and nothing given, a new empty cache.
+
+    Example:
+        >>> cache, past = prepare_cache(None, use_cache=True)
+        >>> type(cache).__name__, past
+        ('DynamicCache', 0)
+    """
+    cache = as_cache(past, encoder_decoder=encoder_decoder)
+    if encoder_decoder and cache is not None and not isinstance(cache, EncoderDecoderCache):
+        cache = EncoderDecoderCache(cache)
+    if cache is None and use_cache:
+        cache = EncoderDecoderCache() if encoder_decoder else DynamicCache()
+    return cache, cache.get_seq_length() if cache is not None else 0

@@ -32,15 +32,16 @@ import torch
 from torch import Tensor, nn
 
 from ..configuration import PretrainedConfig
-from ..logging import get_logger, warning_once
+from ..logging import get_logger
 from .activations import ACT2FN
-from .attention import attention, packed_sequence_mask
+from .attention import additive_mask, attention, expanded_mask, packed_sequence_mask
 from .base import PreTrainedModel
-from .cache import DynamicCache, as_cache
+from .cache import prepare_cache
 from .generation import GenerationMixin, causal_lm_loss
-from .heads import last_token_pooling, sequence_classification_loss
+from .heads import last_token_classifier_output
+from .mixin import init_normal_
 from .norms import RMSNorm
-from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutputWithPast
+from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutputWithPast, output_flags
 from .rope import RotaryEmbedding, apply_rotary, rope_parameters
 
 logger = get_logger(__name__)
@@ -298,10 +299,7 @@ def decoder_mask(attention_mask: Optional[Tensor], new: int, past: int, *, windo
     """
     total = past + new
     if attention_mask is not None and attention_mask.dim() == 4:         # already expanded by the caller
-        if attention_mask.dtype == torch.bool:
-            return torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(
-                ~attention_mask, torch.finfo(dtype).min)
-        return attention_mask.to(dtype)
+        return expanded_mask(attention_mask, dtype)
     if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape[1] != total):
         raise ValueError(f"attention_mask must be (batch, past + new tokens) = (B, {total}), "
                          f"got {tuple(attention_mask.shape)}")
@@ -319,7 +317,7 @@ def decoder_mask(attention_mask: Optional[Tensor], new: int, past: int, *, windo
     keep = keep[None, None]                                               # (1, 1, T, P+T)
     if padded:
         keep = keep & attention_mask[:, None, None, :].to(torch.bool)    # (B, 1, T, P+T)
-    return torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)
+    return additive_mask(keep, dtype)
 
 
 # ------------------------------------------------------------------------------ models
@@ -339,14 +337,8 @@ class DecoderPreTrainedModel(PreTrainedModel):
         """N(0, initializer_range) for Linear and Embedding weights, zero biases and
         padding row, RMSNorm weights 1."""
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.bias is not None:
-                module.bias.data.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init_normal_(module, std)
         elif isinstance(module, RMSNorm):
             module.weight.data.fill_(1.0)
 
@@ -390,31 +382,20 @@ class DecoderModel(DecoderPreTrainedModel):
         cache_position: Optional[Tensor] = None,                         # accepted, unused: the cache knows P
     ) -> Union[BaseModelOutputWithPast, Tuple]:
         """Last hidden state (B, T, C) after the final norm; the cache (with ``use_cache``)."""
-        cfg = self.config
-        output_attentions = output_attentions if output_attentions is not None else cfg.output_attentions
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
-        use_cache = use_cache if use_cache is not None else cfg.use_cache
-        return_dict = return_dict if return_dict is not None else cfg.use_return_dict
-
+        output_attentions, output_hidden_states, use_cache, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, use_cache, return_dict)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
             inputs_embeds = self.embed_tokens(input_ids)                 # (B, T, C)
             if self.scale_embeddings:
-                inputs_embeds = inputs_embeds * torch.tensor(cfg.hidden_size ** 0.5).to(inputs_embeds.dtype)
+                inputs_embeds = inputs_embeds * torch.tensor(self.config.hidden_size ** 0.5).to(inputs_embeds.dtype)
         T = inputs_embeds.shape[1]
 
-        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        if checkpointing and use_cache:
-            warning_once(logger, "`use_cache=True` is incompatible with gradient checkpointing. "
-                                 "Setting `use_cache=False`.")
-            use_cache = False
-
-        kv_cache = as_cache(past_key_values if past_key_values is not None else cache)
-        if kv_cache is None and use_cache:
-            kv_cache = DynamicCache()
-        past_length = kv_cache.get_seq_length() if kv_cache is not None else 0
+        checkpointing, use_cache = self._checkpointing(use_cache, logger)
+        kv_cache, past_length = prepare_cache(past_key_values if past_key_values is not None else cache,
+                                              use_cache=use_cache)
         packed = None       # padding-free rows, read as Transformers 5 does (no mask, no cache)
         if position_ids is not None and attention_mask is None and kv_cache is None:
             packed = packed_sequence_mask(position_ids, inputs_embeds.shape[0], causal=True, dtype=inputs_embeds.dtype)
@@ -450,7 +431,6 @@ class DecoderModel(DecoderPreTrainedModel):
             hidden_states=all_hidden, attentions=all_attentions,
         )
         return out if return_dict else out.to_tuple()
-
 
     def _masks(self, attention_mask: Optional[Tensor], packed: Optional[Tensor], new: int, past: int,
                hidden_states: Tensor) -> Dict[Optional[int], Optional[Tensor]]:
@@ -513,7 +493,7 @@ class DecoderForCausalLM(DecoderPreTrainedModel, GenerationMixin):
         cross-entropy (float32) of predicting token t+1 from tokens <= t (labels
         are shifted inside).  ``logits_to_keep``: an int n > 0 computes the last n
         positions only (``generate`` passes 1), a 1-D tensor those positions."""
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = output_flags(self.config, return_dict=return_dict).return_dict
         body = self.model(
             input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
@@ -568,17 +548,13 @@ class DecoderForSequenceClassification(DecoderPreTrainedModel):
         Raises:
             ValueError: a batch of more than one and no ``config.pad_token_id``.
         """
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = output_flags(self.config, return_dict=return_dict).return_dict
         body = self.model(
             input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, return_dict=True, cache=cache,
         )
         logits = self.score(body.last_hidden_state)                      # (B, T, num_labels)
-        pooled = last_token_pooling(logits, input_ids, self.config.pad_token_id, model_name=type(self).__name__)
-        loss = sequence_classification_loss(pooled, labels, self.config) if labels is not None else None
-        out = SequenceClassifierOutputWithPast(
-            loss=loss, logits=pooled, past_key_values=body.past_key_values,
-            hidden_states=body.hidden_states, attentions=body.attentions,
-        )
+        out = last_token_classifier_output(logits, body, input_ids, labels, self.config,
+                                           model_name=type(self).__name__)
         return out if return_dict else out.to_tuple()

@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..logging import get_logger, warning_once
+from .outputs import SequenceClassifierOutputWithPast
 
 logger = get_logger(__name__)
 
 __all__ = ["sequence_classification_loss", "token_classification_loss", "question_answering_loss",
-           "last_token_pooling"]
+           "last_token_pooling", "last_token_classifier_output"]
 
 
 def sequence_classification_loss(logits: Tensor, labels: Tensor, config: Any) -> Tensor:
@@ -134,3 +135,14 @@ def last_token_pooling(logits: Tensor, input_ids: Optional[Tensor], pad_token_id
         warning_once(logger, f"{model_name} will not detect padding tokens in `inputs_embeds`. Results may be "
                              "unexpected if using padding tokens in conjunction with `inputs_embeds.`")
     return logits[torch.arange(batch, device=logits.device), last]
+
+
+def last_token_classifier_output(logits: Tensor, body: Any, input_ids: Optional[Tensor], labels: Optional[Tensor],
+                                 config: Any, *, model_name: str) -> SequenceClassifierOutputWithPast:
+    """A decoder classifier's output: ``logits`` (B, T, N) read at each row's last non-pad
+    token (:func:`last_token_pooling`), the loss of ``labels`` (see
+    :func:`sequence_classification_loss`), and the body's cache and per-layer states."""
+    pooled = last_token_pooling(logits, input_ids, config.pad_token_id, model_name=model_name)
+    loss = sequence_classification_loss(pooled, labels, config) if labels is not None else None
+    return SequenceClassifierOutputWithPast(loss=loss, logits=pooled, past_key_values=body.past_key_values,
+                                            hidden_states=body.hidden_states, attentions=body.attentions)

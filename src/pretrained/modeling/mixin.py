@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..logging import get_logger
+from ..logging import get_logger, warning_once
 
 logger = get_logger(__name__)
 
@@ -157,7 +157,38 @@ class ModuleUtilsMixin:
             module.mem_rss_post_forward = 0
             module.mem_rss_pre_forward = 0
 
+    # ------------------------------------------------------------------- inputs
+    @staticmethod
+    def _input_shape(input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor], *,
+                     side: str = "") -> Tuple[int, ...]:
+        """The leading shape (B, T) of the one input given: ``input_ids`` or ``inputs_embeds``
+        (``side``: ``"decoder_"`` names the decoder's in the messages).
+
+        Raises:
+            ValueError: both or neither given.
+        """
+        if input_ids is not None and inputs_embeds is not None:
+            raise ValueError(f"You cannot specify both {side}input_ids and {side}inputs_embeds at the same time")
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError(f"You have to specify either {side}input_ids or {side}inputs_embeds")
+        return input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+
+    # ------------------------------------------------------ gradient checkpointing
+    def _checkpointing(self, use_cache: bool, logger: Any) -> Tuple[bool, bool]:
+        """Whether this forward recomputes activations in backward (``gradient_checkpointing``
+        while training with gradients), and ``use_cache``, turned off then (warned once in
+        ``logger``, the architecture's): a cache would keep what checkpointing frees."""
+        checkpointing = bool(getattr(self, "gradient_checkpointing", False)) and self.training \
+            and torch.is_grad_enabled()
+        if checkpointing and use_cache:
+            warning_once(logger, "`use_cache=True` is incompatible with gradient checkpointing. "
+                                 "Setting `use_cache=False`.")
+            use_cache = False
+        return checkpointing, use_cache
+
     # ------------------------------------------------------------------- masks
+    # Masks built from booleans (causal, padding, packed rows, a caller's 4-D bool
+    # mask) are modeling/attention.py's (``additive_mask``, ``expanded_mask``).
     @staticmethod
     def create_extended_attention_mask_for_decoder(input_shape, attention_mask, device=None) -> torch.Tensor:
         """Causal × padding mask of 0/1 values, shape ``[b, 1, s_in, s_mask]``.
@@ -207,8 +238,7 @@ class ModuleUtilsMixin:
                 f"Wrong shape for input_ids (shape {tuple(input_shape)}) or attention_mask "
                 f"(shape {tuple(attention_mask.shape)})"
             )
-        extended = extended.to(dtype=dtype)
-        return (1.0 - extended) * torch.finfo(dtype).min
+        return _additive_from_01(extended, dtype)
 
     def invert_attention_mask(self, encoder_attention_mask: torch.Tensor) -> torch.Tensor:
         """0/1 mask ``[b, t]`` or ``[b, f, t]`` -> additive ``[b, 1, 1, t]`` / ``[b, 1, f, t]``."""
@@ -220,8 +250,7 @@ class ModuleUtilsMixin:
             raise ValueError(
                 f"invert_attention_mask takes a 2-D or 3-D mask, got shape {tuple(encoder_attention_mask.shape)}"
             )
-        extended = extended.to(dtype=self.dtype)
-        return (1.0 - extended) * torch.finfo(self.dtype).min
+        return _additive_from_01(extended, self.dtype)
 
     def get_head_mask(
         self, head_mask: Optional[torch.Tensor], num_hidden_layers: int, is_attention_chunked: bool = False
@@ -246,3 +275,21 @@ class ModuleUtilsMixin:
         if is_attention_chunked:
             head_mask = head_mask.unsqueeze(-1)
         return head_mask
+
+
+def _additive_from_01(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0/1 (or float) mask -> ``(1 - mask) * finfo(dtype).min``: 0 where attended (Transformers' arithmetic)."""
+    return (1.0 - mask.to(dtype=dtype)) * torch.finfo(dtype).min
+
+
+def init_normal_(module: nn.Module, std: float) -> None:
+    """``weight`` from N(0, ``std``), in place; a ``bias`` zeroed; an embedding's ``padding_idx`` row zeroed.
+
+    The initialisation of Linear (and GPT-2's Conv1D) and Embedding layers that
+    most architectures' ``_init_weights`` share.
+    """
+    module.weight.data.normal_(mean=0.0, std=std)
+    if getattr(module, "bias", None) is not None:
+        module.bias.data.zero_()
+    if getattr(module, "padding_idx", None) is not None:
+        module.weight.data[module.padding_idx].zero_()

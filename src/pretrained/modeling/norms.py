@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RMSNorm"]
+__all__ = ["RMSNorm", "is_rms_norm"]
 
 
 class RMSNorm(nn.Module):
@@ -42,3 +42,16 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+def is_rms_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is an RMS norm that a generic initialisation resets to weight 1.
+
+    This library's norms are told by type (:class:`RMSNorm` and its subclasses).
+    Model code from outside the library (custom code) cannot be known by type:
+    there a class whose name contains ``"RMSNorm"`` counts, Transformers 5's rule.
+    """
+    if isinstance(module, RMSNorm):
+        return True
+    cls = type(module)
+    return not cls.__module__.startswith("pretrained.") and "RMSNorm" in cls.__name__

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, fields
-from typing import Any, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import torch
 
 __all__ = [
     "ModelOutput",
+    "OutputFlags",
+    "output_flags",
     "BaseModelOutput",
     "BaseModelOutputWithPooling",
     "BaseModelOutputWithPast",
@@ -141,49 +143,110 @@ Tensor = torch.Tensor
 Tensors = Tuple[torch.Tensor, ...]
 
 
+class OutputFlags(NamedTuple):
+    """What a ``forward`` returns besides its main output, each flag resolved (see :func:`output_flags`)."""
+
+    output_attentions: bool
+    output_hidden_states: bool
+    use_cache: bool
+    return_dict: bool
+
+
+def output_flags(config: Any, output_attentions: Optional[bool] = None, output_hidden_states: Optional[bool] = None,
+                 use_cache: Optional[bool] = None, return_dict: Optional[bool] = None) -> OutputFlags:
+    """A ``forward``'s output flags, each ``None`` read from ``config`` (``output_attentions``,
+    ``output_hidden_states``, ``use_cache`` (False when the config has none), ``use_return_dict``).
+
+    Example:
+        >>> from pretrained import PretrainedConfig
+        >>> output_flags(PretrainedConfig(output_attentions=True), return_dict=False)
+        OutputFlags(output_attentions=True, output_hidden_states=False, use_cache=False, return_dict=False)
+    """
+    return OutputFlags(
+        output_attentions if output_attentions is not None else config.output_attentions,
+        output_hidden_states if output_hidden_states is not None else config.output_hidden_states,
+        use_cache if use_cache is not None else getattr(config, "use_cache", False),
+        return_dict if return_dict is not None else config.use_return_dict,
+    )
+
+
+# The outputs.  Field order is the tuple order (``to_tuple``, ``out[0]``), Transformers'.
+# Each output is a head (its main fields) and a tail shared with others, both private
+# bases.  A dataclass's fields come from its bases in reverse MRO order, so
+# ``class X(Tail, Head)`` has Head's fields first, then Tail's, then X's own.
 @dataclass
-class BaseModelOutput(ModelOutput):
+class _LastHiddenState(ModelOutput):
+    last_hidden_state: Optional[Tensor] = None
+
+
+@dataclass
+class _Pooled(_LastHiddenState):
+    pooler_output: Optional[Tensor] = None
+
+
+@dataclass
+class _Loss(ModelOutput):
+    loss: Optional[Tensor] = None
+
+
+@dataclass
+class _LossAndLogits(_Loss):
+    logits: Optional[Tensor] = None
+
+
+@dataclass
+class _States(ModelOutput):
+    """Per-layer ``hidden_states`` (L+1, embeddings first) and ``attentions`` (L)."""
+
+    hidden_states: Optional[Tensors] = None
+    attentions: Optional[Tensors] = None
+
+
+@dataclass
+class _PastAndStates(ModelOutput):
+    """The cache for the next step, then per-layer ``hidden_states`` and ``attentions``."""
+
+    past_key_values: Optional[Any] = None
+    hidden_states: Optional[Tensors] = None
+    attentions: Optional[Tensors] = None
+
+
+@dataclass
+class _Seq2SeqStates(ModelOutput):
+    """The cache, the decoder's per-layer states, then the encoder's."""
+
+    past_key_values: Optional[Any] = None
+    decoder_hidden_states: Optional[Tensors] = None
+    decoder_attentions: Optional[Tensors] = None
+    cross_attentions: Optional[Tensors] = None
+    encoder_last_hidden_state: Optional[Tensor] = None
+    encoder_hidden_states: Optional[Tensors] = None
+    encoder_attentions: Optional[Tensors] = None
+
+
+@dataclass
+class BaseModelOutput(_States, _LastHiddenState):
     """Encoder output: ``last_hidden_state`` (B, S, C); ``hidden_states`` is a tuple of
     L+1 such tensors (embeddings first); ``attentions`` a tuple of L (B, H, S, S)."""
 
-    last_hidden_state: Optional[Tensor] = None
-    hidden_states: Optional[Tensors] = None
-    attentions: Optional[Tensors] = None
-
 
 @dataclass
-class BaseModelOutputWithPooling(ModelOutput):
+class BaseModelOutputWithPooling(_States, _Pooled):
     """``pooler_output`` (B, C): the first token's state after the pooler."""
 
-    last_hidden_state: Optional[Tensor] = None
-    pooler_output: Optional[Tensor] = None
-    hidden_states: Optional[Tensors] = None
-    attentions: Optional[Tensors] = None
-
 
 @dataclass
-class BaseModelOutputWithPast(ModelOutput):
+class BaseModelOutputWithPast(_PastAndStates, _LastHiddenState):
     """Decoder output with the key/value cache for the next step."""
 
-    last_hidden_state: Optional[Tensor] = None
-    past_key_values: Optional[Any] = None
-    hidden_states: Optional[Tensors] = None
-    attentions: Optional[Tensors] = None
-
 
 @dataclass
-class BaseModelOutputWithPastAndCrossAttentions(ModelOutput):
-    last_hidden_state: Optional[Tensor] = None
-    past_key_values: Optional[Any] = None
-    hidden_states: Optional[Tensors] = None
-    attentions: Optional[Tensors] = None
+class BaseModelOutputWithPastAndCrossAttentions(_PastAndStates, _LastHiddenState):
     cross_attentions: Optional[Tensors] = None
 
 
 @dataclass
-class BaseModelOutputWithPoolingAndCrossAttentions(ModelOutput):
-    last_hidden_state: Optional[Tensor] = None
-    pooler_output: Optional[Tensor] = None
+class BaseModelOutputWithPoolingAndCrossAttentions(_Pooled):
     hidden_states: Optional[Tensors] = None
     past_key_values: Optional[Any] = None
     attentions: Optional[Tensors] = None
@@ -191,88 +254,53 @@ class BaseModelOutputWithPoolingAndCrossAttentions(ModelOutput):
 
 
 @dataclass
-class CausalLMOutputWithCrossAttentions(ModelOutput):
+class CausalLMOutputWithCrossAttentions(_PastAndStates, _LossAndLogits):
     """``logits`` (B, S, V); ``loss`` () when labels were given."""
 
-    loss: Optional[Tensor] = None
-    logits: Optional[Tensor] = None
-    past_key_values: Optional[Any] = None
-    hidden_states: Optional[Tensors] = None
-    attentions: Optional[Tensors] = None
     cross_attentions: Optional[Tensors] = None
 
 
 @dataclass
-class CausalLMOutputWithPast(ModelOutput):
-    loss: Optional[Tensor] = None
-    logits: Optional[Tensor] = None
-    past_key_values: Optional[Any] = None
-    hidden_states: Optional[Tensors] = None
-    attentions: Optional[Tensors] = None
+class CausalLMOutputWithPast(_PastAndStates, _LossAndLogits):
+    pass
 
 
 @dataclass
-class MaskedLMOutput(ModelOutput):
-    loss: Optional[Tensor] = None
-    logits: Optional[Tensor] = None
-    hidden_states: Optional[Tensors] = None
-    attentions: Optional[Tensors] = None
+class MaskedLMOutput(_States, _LossAndLogits):
+    pass
 
 
 @dataclass
-class SequenceClassifierOutput(ModelOutput):
-    loss: Optional[Tensor] = None
-    logits: Optional[Tensor] = None
-    hidden_states: Optional[Tensors] = None
-    attentions: Optional[Tensors] = None
+class SequenceClassifierOutput(_States, _LossAndLogits):
+    pass
 
 
 @dataclass
-class SequenceClassifierOutputWithPast(ModelOutput):
-    loss: Optional[Tensor] = None
-    logits: Optional[Tensor] = None
-    past_key_values: Optional[Any] = None
-    hidden_states: Optional[Tensors] = None
-    attentions: Optional[Tensors] = None
+class SequenceClassifierOutputWithPast(_PastAndStates, _LossAndLogits):
+    pass
 
 
 @dataclass
-class TokenClassifierOutput(ModelOutput):
-    loss: Optional[Tensor] = None
-    logits: Optional[Tensor] = None
-    hidden_states: Optional[Tensors] = None
-    attentions: Optional[Tensors] = None
+class TokenClassifierOutput(_States, _LossAndLogits):
+    pass
 
 
 @dataclass
-class QuestionAnsweringModelOutput(ModelOutput):
-    loss: Optional[Tensor] = None
+class _Spans(_Loss):
     start_logits: Optional[Tensor] = None
     end_logits: Optional[Tensor] = None
-    hidden_states: Optional[Tensors] = None
-    attentions: Optional[Tensors] = None
 
 
 @dataclass
-class Seq2SeqModelOutput(ModelOutput):
-    last_hidden_state: Optional[Tensor] = None
-    past_key_values: Optional[Any] = None
-    decoder_hidden_states: Optional[Tensors] = None
-    decoder_attentions: Optional[Tensors] = None
-    cross_attentions: Optional[Tensors] = None
-    encoder_last_hidden_state: Optional[Tensor] = None
-    encoder_hidden_states: Optional[Tensors] = None
-    encoder_attentions: Optional[Tensors] = None
+class QuestionAnsweringModelOutput(_States, _Spans):
+    pass
 
 
 @dataclass
-class Seq2SeqLMOutput(ModelOutput):
-    loss: Optional[Tensor] = None
-    logits: Optional[Tensor] = None
-    past_key_values: Optional[Any] = None
-    decoder_hidden_states: Optional[Tensors] = None
-    decoder_attentions: Optional[Tensors] = None
-    cross_attentions: Optional[Tensors] = None
-    encoder_last_hidden_state: Optional[Tensor] = None
-    encoder_hidden_states: Optional[Tensors] = None
-    encoder_attentions: Optional[Tensors] = None
+class Seq2SeqModelOutput(_Seq2SeqStates, _LastHiddenState):
+    pass
+
+
+@dataclass
+class Seq2SeqLMOutput(_Seq2SeqStates, _LossAndLogits):
+    pass

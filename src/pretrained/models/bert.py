@@ -34,7 +34,6 @@ import math
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..configuration import PretrainedConfig
@@ -44,10 +43,13 @@ from ..modeling.attention import (
     PackedSequences, attention, find_pruneable_heads_and_indices, packed_sequence_mask, prune_linear_layer,
 )
 from ..modeling.base import PreTrainedModel
+from ..modeling.heads import token_classification_loss
+from ..modeling.mixin import init_normal_
 from ..modeling.outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
     BaseModelOutputWithPoolingAndCrossAttentions,
     MaskedLMOutput,
+    output_flags,
 )
 
 logger = get_logger(__name__)
@@ -198,7 +200,6 @@ class BertSelfAttention(nn.Module):
         )
         return y.transpose(-3, -2).reshape(*lead, self.all_head_size), weights
 
-
     def _add_relative_scores(self, q: Tensor, k: Tensor, mask: Optional[Tensor]) -> Tensor:
         """``mask`` (additive, or None) plus the scaled relative-position scores, (B, H, S, S).
 
@@ -230,9 +231,11 @@ def _position_embedding_type(config: BertConfig) -> str:
 
 
 class BertSelfOutput(nn.Module):
-    def __init__(self, config: BertConfig) -> None:
+    """``LN(dropout(dense(h)) + residual)``: the attention's output (``BertOutput``: the MLP's)."""
+
+    def __init__(self, config: BertConfig, in_features: Optional[int] = None) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(in_features or config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -280,15 +283,9 @@ class BertIntermediate(nn.Module):
         return self.intermediate_act_fn(self.dense(hidden_states))
 
 
-class BertOutput(nn.Module):
+class BertOutput(BertSelfOutput):
     def __init__(self, config: BertConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states: Tensor, input_tensor: Tensor) -> Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+        super().__init__(config, config.intermediate_size)
 
 
 class BertLayer(nn.Module):
@@ -434,14 +431,8 @@ class BertPreTrainedModel(PreTrainedModel):
         """N(0, initializer_range) for Linear and Embedding weights (padding row
         zero), zero biases, LayerNorm 1/0, zero MLM output bias."""
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.bias is not None:
-                module.bias.data.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init_normal_(module, std)
         elif isinstance(module, nn.LayerNorm):
             module.bias.data.zero_()
             module.weight.data.fill_(1.0)
@@ -492,21 +483,13 @@ class BertModel(BertPreTrainedModel):
         return_dict: Optional[bool] = None,
     ) -> Union[BaseModelOutputWithPoolingAndCrossAttentions, Tuple]:
         cfg = self.config
-        output_attentions = output_attentions if output_attentions is not None else cfg.output_attentions
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
-        return_dict = return_dict if return_dict is not None else cfg.use_return_dict
+        output_attentions, output_hidden_states, _, return_dict = output_flags(
+            cfg, output_attentions, output_hidden_states, return_dict=return_dict)
         if encoder_hidden_states is not None or past_key_values is not None:
             raise NotImplementedError("BERT cross-attention and key/value caching are not supported yet")
-
-        if input_ids is not None and inputs_embeds is not None:
-            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
+        input_shape = self._input_shape(input_ids, inputs_embeds)
         if input_ids is not None:
             self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
-            input_shape = input_ids.shape
-        elif inputs_embeds is not None:
-            input_shape = inputs_embeds.shape[:-1]
-        else:
-            raise ValueError("You have to specify either input_ids or inputs_embeds")
 
         x = self.embeddings(input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids,
                             inputs_embeds=inputs_embeds)                 # (B, S, C)
@@ -592,21 +575,21 @@ class BertForMaskedLM(BertPreTrainedModel):
     ) -> Union[MaskedLMOutput, Tuple]:
         """Logits (B, S, V); with ``labels`` also the mean cross-entropy over the
         labelled positions."""
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        body = self.bert(
-            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
-            head_mask=head_mask, inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
-        )
+        body, return_dict = run_body(self, return_dict, input_ids, attention_mask, token_type_ids, position_ids,
+                                     head_mask, inputs_embeds, encoder_hidden_states, encoder_attention_mask,
+                                     output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         logits = self.cls(body.last_hidden_state)                        # (B, S, V)
-        loss = None
-        if labels is not None:
-            labels = labels.to(logits.device)
-            loss = F.cross_entropy(logits.view(-1, self.config.vocab_size).float(), labels.view(-1),
-                                   ignore_index=-100)
+        loss = token_classification_loss(logits.float(), labels, self.config.vocab_size) if labels is not None else None
         out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=body.hidden_states, attentions=body.attentions)
         return out if return_dict else out.to_tuple()
+
+
+def run_body(head: BertPreTrainedModel, return_dict: Optional[bool], *inputs: Any,
+             **options: Any) -> Tuple[BaseModelOutputWithPoolingAndCrossAttentions, bool]:
+    """What a head's forward starts with: ``head.bert`` on ``inputs`` (positional, in
+    :meth:`BertModel.forward`'s order) as a dataclass, and whether the head returns one."""
+    body = head.bert(*inputs, **options, return_dict=True)
+    return body, output_flags(head.config, return_dict=return_dict).return_dict
 
 
 def _is_compiling() -> bool:

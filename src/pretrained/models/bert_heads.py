@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..modeling.heads import question_answering_loss, sequence_classification_loss, token_classification_loss
 from ..modeling.outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput, TokenClassifierOutput
-from .bert import BertConfig, BertModel, BertPreTrainedModel
+from .bert import BertConfig, BertModel, BertPreTrainedModel, run_body
 
 __all__ = ["BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering"]
 
@@ -59,12 +59,9 @@ class BertForSequenceClassification(BertPreTrainedModel):
     ) -> Union[SequenceClassifierOutput, Tuple]:
         """Logits (B, num_labels); with ``labels`` the loss that ``config.problem_type``
         names (inferred on first use, see :mod:`pretrained.modeling.heads`)."""
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        body = self.bert(
-            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
-            head_mask=head_mask, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
-        )
+        body, return_dict = run_body(self, return_dict, input_ids, attention_mask, token_type_ids, position_ids,
+                                     head_mask, inputs_embeds, output_attentions=output_attentions,
+                                     output_hidden_states=output_hidden_states)
         logits = self.classifier(self.dropout(body.pooler_output))      # (B, num_labels)
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
         out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
@@ -97,12 +94,9 @@ class BertForTokenClassification(BertPreTrainedModel):
         return_dict: Optional[bool] = None,
     ) -> Union[TokenClassifierOutput, Tuple]:
         """Logits (B, S, num_labels); with ``labels`` the mean cross-entropy over the labelled tokens."""
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        body = self.bert(
-            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
-            head_mask=head_mask, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
-        )
+        body, return_dict = run_body(self, return_dict, input_ids, attention_mask, token_type_ids, position_ids,
+                                     head_mask, inputs_embeds, output_attentions=output_attentions,
+                                     output_hidden_states=output_hidden_states)
         logits = self.classifier(self.dropout(body.last_hidden_state))  # (B, S, num_labels)
         loss = token_classification_loss(logits, labels, self.num_labels) if labels is not None else None
         out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=body.hidden_states,
@@ -137,12 +131,9 @@ class BertForQuestionAnswering(BertPreTrainedModel):
     ) -> Union[QuestionAnsweringModelOutput, Tuple]:
         """``start_logits``/``end_logits`` (B, S); with both positions the mean of the
         two cross-entropies (positions past the sequence are ignored)."""
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        body = self.bert(
-            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
-            head_mask=head_mask, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
-        )
+        body, return_dict = run_body(self, return_dict, input_ids, attention_mask, token_type_ids, position_ids,
+                                     head_mask, inputs_embeds, output_attentions=output_attentions,
+                                     output_hidden_states=output_hidden_states)
         logits = self.qa_outputs(body.last_hidden_state)                 # (B, S, 2)
         start_logits, end_logits = logits.split(1, dim=-1)
         start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()

@@ -31,15 +31,17 @@ import torch
 from torch import Tensor, nn
 
 from ..configuration import PretrainedConfig
-from ..logging import get_logger, warning_once
+from ..logging import get_logger
 from ..modeling.activations import ACT2FN
-from ..modeling.attention import attention, causal_mask, find_pruneable_heads_and_indices, packed_sequence_mask
+from ..modeling.attention import (attention, causal_mask, expanded_mask, find_pruneable_heads_and_indices,
+                                  packed_sequence_mask)
 from ..modeling.base import PreTrainedModel
-from ..modeling.cache import DynamicCache, as_cache
+from ..modeling.cache import prepare_cache
 from ..modeling.generation import GenerationMixin, causal_lm_loss
-from ..modeling.heads import last_token_pooling, sequence_classification_loss
+from ..modeling.heads import last_token_classifier_output
+from ..modeling.mixin import init_normal_
 from ..modeling.outputs import (BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions,
-                                SequenceClassifierOutputWithPast)
+                                SequenceClassifierOutputWithPast, output_flags)
 
 logger = get_logger(__name__)
 
@@ -276,14 +278,8 @@ class GPT2PreTrainedModel(PreTrainedModel):
         LayerNorm 1/0; residual output projections (``c_proj``) get
         N(0, initializer_range / sqrt(2 * n_layer)) (GPT-2 paper, section 2.3)."""
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, Conv1D)):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.bias is not None:
-                module.bias.data.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
+        if isinstance(module, (nn.Linear, Conv1D, nn.Embedding)):
+            init_normal_(module, std)
         elif isinstance(module, nn.LayerNorm):
             module.bias.data.zero_()
             module.weight.data.fill_(1.0)
@@ -333,40 +329,16 @@ class GPT2Model(GPT2PreTrainedModel):
         return_dict: Optional[bool] = None,
         cache: Optional[Any] = None,
     ) -> Union[BaseModelOutputWithPastAndCrossAttentions, Tuple]:
-        cfg = self.config
-        output_attentions = output_attentions if output_attentions is not None else cfg.output_attentions
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
-        use_cache = use_cache if use_cache is not None else cfg.use_cache
-        return_dict = return_dict if return_dict is not None else cfg.use_return_dict
-        past_key_values = past_key_values if past_key_values is not None else cache
+        output_attentions, output_hidden_states, use_cache, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, use_cache, return_dict)
         if encoder_hidden_states is not None:
             raise NotImplementedError("GPT-2 with cross-attention (encoder_hidden_states) is not supported yet")
-
-        if input_ids is not None and inputs_embeds is not None:
-            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
-        if input_ids is not None:
-            self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
-            input_shape = input_ids.shape
-            input_ids = input_ids.view(-1, input_shape[-1])
-            inputs_embeds = self.wte(input_ids)                          # (B, T, C)
-        elif inputs_embeds is not None:
-            input_shape = inputs_embeds.shape[:-1]
-            inputs_embeds = inputs_embeds.view(-1, *inputs_embeds.shape[-2:])
-        else:
-            raise ValueError("You have to specify either input_ids or inputs_embeds")
+        input_shape, inputs_embeds = self._inputs_embeds(input_ids, inputs_embeds, attention_mask)
         B, T = inputs_embeds.shape[:2]
 
-        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        if checkpointing and use_cache:
-            warning_once(logger, "`use_cache=True` is incompatible with gradient checkpointing. "
-                                 "Setting `use_cache=False`.")
-            use_cache = False
-
-        # The cache: a cache object is used as it is; legacy tuples become a DynamicCache.
-        kv_cache = as_cache(past_key_values)
-        if kv_cache is None and use_cache:
-            kv_cache = DynamicCache()
-        past_length = kv_cache.get_seq_length() if kv_cache is not None else 0
+        checkpointing, use_cache = self._checkpointing(use_cache, logger)
+        kv_cache, past_length = prepare_cache(past_key_values if past_key_values is not None else cache,
+                                              use_cache=use_cache)
         packed = None
         if position_ids is not None and attention_mask is None and kv_cache is None:
             packed = packed_sequence_mask(position_ids.view(-1, T), B, causal=True, dtype=inputs_embeds.dtype)
@@ -383,7 +355,7 @@ class GPT2Model(GPT2PreTrainedModel):
 
         mask = packed if packed is not None else self._attention_mask(
             attention_mask, B, T, past_length, hidden_states.dtype, hidden_states.device)
-        head_mask = self.get_head_mask(head_mask, cfg.n_layer)
+        head_mask = self.get_head_mask(head_mask, self.config.n_layer)
 
         all_hidden = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
@@ -408,15 +380,21 @@ class GPT2Model(GPT2PreTrainedModel):
         )
         return out if return_dict else out.to_tuple()
 
+    def _inputs_embeds(self, input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor],
+                       attention_mask: Optional[Tensor]) -> Tuple[torch.Size, Tensor]:
+        """The input's leading shape and its token embeddings (B, T, C), from exactly one of the two."""
+        input_shape = self._input_shape(input_ids, inputs_embeds)
+        if input_ids is None:
+            return input_shape, inputs_embeds.view(-1, *inputs_embeds.shape[-2:])
+        self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
+        return input_shape, self.wte(input_ids.view(-1, input_shape[-1]))
+
     def _attention_mask(self, attention_mask: Optional[Tensor], batch: int, new: int, past: int,
                         dtype: torch.dtype, device: torch.device) -> Optional[Tensor]:
         """The additive causal mask (B|1, 1, T, P+T), or None when causality alone
         does it (SDPA then runs its own causal kernel)."""
         if attention_mask is not None and attention_mask.dim() == 4:      # already expanded by the caller
-            if attention_mask.dtype == torch.bool:
-                return torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(
-                    ~attention_mask, torch.finfo(dtype).min)
-            return attention_mask.to(dtype)
+            return expanded_mask(attention_mask, dtype)
         if attention_mask is not None:
             attention_mask = attention_mask.view(batch, -1)
             if self.config._attn_implementation == "sdpa" and bool(attention_mask.all()):
@@ -465,7 +443,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
     ) -> Union[CausalLMOutputWithCrossAttentions, Tuple]:
         """Logits (B, T, V); with ``labels`` also the mean cross-entropy of
         predicting token t+1 from tokens <= t (labels are shifted inside)."""
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = output_flags(self.config, return_dict=return_dict).return_dict
         body = self.transformer(
             input_ids, past_key_values=past_key_values, attention_mask=attention_mask,
             token_type_ids=token_type_ids, position_ids=position_ids, head_mask=head_mask,
@@ -484,7 +462,6 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
             hidden_states=body.hidden_states, attentions=body.attentions,
         )
         return out if return_dict else out.to_tuple()
-
 
 
 class GPT2ForSequenceClassification(GPT2PreTrainedModel):
@@ -518,15 +495,13 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         Raises:
             ValueError: a batch of more than one and no ``config.pad_token_id``.
         """
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = output_flags(self.config, return_dict=return_dict).return_dict
         body = self.transformer(
             input_ids, past_key_values=past_key_values, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds, use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )
         logits = self.score(body.last_hidden_state)                      # (B, T, num_labels)
-        pooled = last_token_pooling(logits, input_ids, self.config.pad_token_id, model_name=type(self).__name__)
-        loss = sequence_classification_loss(pooled, labels, self.config) if labels is not None else None
-        out = SequenceClassifierOutputWithPast(loss=loss, logits=pooled, past_key_values=body.past_key_values,
-                                               hidden_states=body.hidden_states, attentions=body.attentions)
+        out = last_token_classifier_output(logits, body, input_ids, labels, self.config,
+                                           model_name=type(self).__name__)
         return out if return_dict else out.to_tuple()

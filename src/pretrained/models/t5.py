@@ -13,14 +13,12 @@ Differences from the usual transformer, each kept exactly:
   stack owns the ``relative_attention_bias`` table; the bias it gives is
   computed once per forward and reused by every block.  The encoder's buckets
   are bidirectional, the decoder's causal.  Cross-attention has no position bias.
-* One embedding matrix ``shared`` serves the encoder and the decoder (their
-  ``embed_tokens.weight`` is the same parameter) and — when
-  ``tie_word_embeddings`` (T5 v1.0) — the LM head, in which case the decoder
-  output is multiplied by ``d_model ** -0.5`` before the head.  T5 v1.1
-  (``feed_forward_proj="gated-gelu"``, ``tie_word_embeddings=False``) has its
-  own ``lm_head`` and no rescaling.  Transformers 5 writes v1.1 configs as
-  ``tie_word_embeddings=True, scale_decoder_outputs=False`` (and ties); that
-  pair is read here the same way, so both generations of ``config.json`` load.
+* One embedding matrix ``shared`` serves both stacks and, when
+  ``tie_word_embeddings`` (T5 v1.0), the LM head, whose input is then scaled by
+  ``d_model ** -0.5``.  T5 v1.1 (``feed_forward_proj="gated-gelu"``,
+  ``tie_word_embeddings=False``) has its own ``lm_head`` and no rescaling.
+  Transformers 5 writes v1.1 configs as ``tie_word_embeddings=True,
+  scale_decoder_outputs=False`` (and ties); that pair is read the same way here.
 
 The position bias and the masks are folded into one additive float tensor,
 ``bias = position_bias + mask`` (B|1, H, Tq, Tk), which the shared
@@ -32,60 +30,38 @@ The key/value cache is an :class:`~pretrained.modeling.cache.EncoderDecoderCache
 encoder output once).  The legacy format — per layer ``(self_k, self_v,
 cross_k, cross_v)``, each (B, H, len, D) — is accepted and then returned as it came.
 
+The model classes (:class:`T5Model`, :class:`T5ForConditionalGeneration`,
+:class:`T5EncoderModel`, :class:`T5PreTrainedModel`) are in ``t5_heads.py``
+(``pretrained.T5Model`` etc. name them).
+
 Example:
     >>> import torch
-    >>> from pretrained import T5Config, T5ForConditionalGeneration
-    >>> config = T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
-    >>> model = T5ForConditionalGeneration(config).eval()
-    >>> out = model(torch.tensor([[5, 6, 7, 1]]), labels=torch.tensor([[8, 9, 1]]))
-    >>> out.logits.shape, out.loss.dim()
-    (torch.Size([1, 3, 99]), 0)
+    >>> from pretrained.models.t5 import T5Config, T5Stack
+    >>> stack = T5Stack(T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4))
+    >>> stack(torch.tensor([[5, 6, 7, 1]])).last_hidden_state.shape
+    torch.Size([1, 4, 32])
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Any, Iterable, Optional, Set, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..configuration import PretrainedConfig
-from ..logging import get_logger, warning_once
+from ..logging import get_logger
 from ..modeling.activations import ACT2FN
-from ..modeling.attention import attention, causal_mask, find_pruneable_heads_and_indices, padding_mask, \
-    prune_linear_layer
-from ..modeling.base import PreTrainedModel
-from ..modeling.cache import Cache, EncoderDecoderCache, as_cache
-from ..modeling.generation import GenerationMixin
+from ..modeling.attention import (attention, causal_mask, expanded_mask, find_pruneable_heads_and_indices,
+                                  padding_mask, prune_linear_layer)
+from ..modeling.cache import EncoderDecoderCache, prepare_cache
 from ..modeling.mixin import ModuleUtilsMixin
-from ..modeling.outputs import (
-    BaseModelOutput,
-    BaseModelOutputWithPastAndCrossAttentions,
-    Seq2SeqLMOutput,
-    Seq2SeqModelOutput,
-)
+from ..modeling.outputs import BaseModelOutputWithPastAndCrossAttentions, output_flags
 
 logger = get_logger(__name__)
 
-__all__ = [
-    "T5Config",
-    "T5PreTrainedModel",
-    "T5Model",
-    "T5EncoderModel",
-    "T5ForConditionalGeneration",
-    "T5Stack",
-]
-
-# Transformers 4.37 warns the same way when only ``head_mask`` is given.
-_HEAD_MASK_WARNING = (
-    "The input argument `head_mask` was split into two arguments `head_mask` and `decoder_head_mask`. "
-    "Currently, `decoder_head_mask` is set to copy `head_mask`, but this feature is deprecated and will be "
-    "removed in future versions. If you do not want to use any `decoder_head_mask` now, please set "
-    "`decoder_head_mask = torch.ones(num_layers, num_heads)`."
-)
+__all__ = ["T5Config", "T5Stack"]
 
 
 class T5Config(PretrainedConfig):
@@ -503,8 +479,8 @@ class T5Stack(nn.Module, ModuleUtilsMixin):
         total = past + T
         bias = self.block[0].layer[0].SelfAttention.compute_bias(T, total, device=device, past_length=past)
         bias = bias.to(dtype)                                            # (1, H, T, P+T)
-        if attention_mask is not None and attention_mask.dim() == 4:     # already additive, from the caller
-            return bias + attention_mask.to(dtype)
+        if attention_mask is not None and attention_mask.dim() == 4:     # already expanded by the caller
+            return bias + expanded_mask(attention_mask, dtype)
         if attention_mask is not None and attention_mask.shape[-1] != total:
             raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions; the "
                              f"{'decoder' if self.is_decoder else 'encoder'} attends over {total} "
@@ -531,51 +507,24 @@ class T5Stack(nn.Module, ModuleUtilsMixin):
         return_dict: Optional[bool] = None,
         cache: Optional[Any] = None,
     ) -> Union[BaseModelOutputWithPastAndCrossAttentions, Tuple]:
-        cfg = self.config
-        use_cache = (use_cache if use_cache is not None else cfg.use_cache) and self.is_decoder
-        output_attentions = output_attentions if output_attentions is not None else cfg.output_attentions
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
-        return_dict = return_dict if return_dict is not None else cfg.use_return_dict
+        output_attentions, output_hidden_states, use_cache, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, use_cache, return_dict)
+        use_cache = use_cache and self.is_decoder
         past_key_values = past_key_values if past_key_values is not None else cache
-
-        if input_ids is not None and inputs_embeds is not None:
-            side = "decoder_" if self.is_decoder else ""
-            raise ValueError(f"You cannot specify both {side}input_ids and {side}inputs_embeds at the same time")
-        if input_ids is not None:
-            if self.embed_tokens is None:
-                raise ValueError("You have to initialize the model with valid token embeddings")
-            input_ids = input_ids.view(-1, input_ids.shape[-1])
-            inputs_embeds = self.embed_tokens(input_ids)                 # (B, T, C)
-        elif inputs_embeds is None:
-            side = "decoder_" if self.is_decoder else ""
-            raise ValueError(f"You have to specify either {side}input_ids or {side}inputs_embeds")
+        inputs_embeds = self._inputs_embeds(input_ids, inputs_embeds)    # (B, T, C)
         B, T = inputs_embeds.shape[:2]
 
-        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        if checkpointing and use_cache:
-            warning_once(logger, "`use_cache=True` is incompatible with gradient checkpointing. "
-                                 "Setting `use_cache=False`.")
-            use_cache = False
-
+        checkpointing, use_cache = self._checkpointing(use_cache, logger)
         # The cache (decoder only): legacy tuples in -> legacy tuples out; a cache object is used as it is.
         legacy = isinstance(past_key_values, (tuple, list))
-        kv_cache = as_cache(past_key_values, encoder_decoder=True) if self.is_decoder else None
-        if kv_cache is not None and not isinstance(kv_cache, EncoderDecoderCache):
-            kv_cache = EncoderDecoderCache(kv_cache)                     # a self-attention-only cache object
-        if kv_cache is None and use_cache:
-            kv_cache = EncoderDecoderCache()
-        past = kv_cache.get_seq_length() if kv_cache is not None else 0
+        kv_cache, past = prepare_cache(past_key_values if self.is_decoder else None, use_cache=use_cache,
+                                       encoder_decoder=True)
         if checkpointing:
             kv_cache = None
 
         dtype, device = inputs_embeds.dtype, inputs_embeds.device
         bias = self._self_bias(attention_mask, B, T, past, dtype, device)
-        cross_bias = None
-        if self.is_decoder and encoder_hidden_states is not None and encoder_attention_mask is not None:
-            if encoder_attention_mask.dim() == 4:
-                cross_bias = encoder_attention_mask.to(dtype)
-            else:
-                cross_bias = padding_mask(encoder_attention_mask, dtype)   # (B, 1, 1, S)
+        cross_bias = self._cross_bias(encoder_hidden_states, encoder_attention_mask, dtype)
         head_mask = self.get_head_mask(head_mask, len(self.block))
         cross_attn_head_mask = self.get_head_mask(cross_attn_head_mask, len(self.block))
 
@@ -612,357 +561,21 @@ class T5Stack(nn.Module, ModuleUtilsMixin):
         )
         return out if return_dict else out.to_tuple()
 
+    def _inputs_embeds(self, input_ids: Optional[Tensor], inputs_embeds: Optional[Tensor]) -> Tensor:
+        """The token embeddings (B, T, C), from exactly one of ``input_ids`` and ``inputs_embeds``."""
+        self._input_shape(input_ids, inputs_embeds, side="decoder_" if self.is_decoder else "")
+        if input_ids is None:
+            return inputs_embeds
+        if self.embed_tokens is None:
+            raise ValueError("You have to initialize the model with valid token embeddings")
+        return self.embed_tokens(input_ids.view(-1, input_ids.shape[-1]))
 
-# ----------------------------------------------------------------------------- models
-class T5PreTrainedModel(PreTrainedModel):
-    config_class = T5Config
-    base_model_prefix = "transformer"
-    supports_gradient_checkpointing = True
-    is_parallelizable = True  # as Transformers 4.37 (a flag: no naive parallelize() here)
-    _no_split_modules = ["T5Block"]
-    _keep_in_fp32_modules = ["wo"]
-    _supports_sdpa = True
-    # The first cross-attention never had a position bias, but old checkpoints carry one.
-    _keys_to_ignore_on_load_unexpected = [
-        r"^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$",
-    ]
-
-    def _init_weights(self, module: nn.Module) -> None:
-        """Mesh TensorFlow's initialisation, scaled by ``initializer_factor`` (f):
-        ``shared`` (and an untied ``lm_head``) N(0, f); q N(0, f (C D)^-1/2); k, v
-        N(0, f C^-1/2); o N(0, f (H D)^-1/2); the position bias N(0, f C^-1/2);
-        wi* N(0, f C^-1/2); wo N(0, f F^-1/2); norms f."""
-        factor = self.config.initializer_factor
-        d_model, d_kv, d_ff, n_heads = self.config.d_model, self.config.d_kv, self.config.d_ff, self.config.num_heads
-        if isinstance(module, T5LayerNorm):
-            module.weight.data.fill_(factor * 1.0)
-        elif isinstance(module, nn.Embedding) and module is getattr(self, "shared", None):
-            module.weight.data.normal_(mean=0.0, std=factor * 1.0)
-        elif isinstance(module, nn.Linear) and module is getattr(self, "lm_head", None):
-            if not self.config.tie_word_embeddings:
-                module.weight.data.normal_(mean=0.0, std=factor * 1.0)
-        elif isinstance(module, T5DenseActDense):
-            module.wi.weight.data.normal_(mean=0.0, std=factor * d_model ** -0.5)
-            module.wo.weight.data.normal_(mean=0.0, std=factor * d_ff ** -0.5)
-        elif isinstance(module, T5DenseGatedActDense):
-            module.wi_0.weight.data.normal_(mean=0.0, std=factor * d_model ** -0.5)
-            module.wi_1.weight.data.normal_(mean=0.0, std=factor * d_model ** -0.5)
-            module.wo.weight.data.normal_(mean=0.0, std=factor * d_ff ** -0.5)
-        elif isinstance(module, T5Attention):
-            module.q.weight.data.normal_(mean=0.0, std=factor * (d_model * d_kv) ** -0.5)
-            module.k.weight.data.normal_(mean=0.0, std=factor * d_model ** -0.5)
-            module.v.weight.data.normal_(mean=0.0, std=factor * d_model ** -0.5)
-            module.o.weight.data.normal_(mean=0.0, std=factor * (n_heads * d_kv) ** -0.5)
-            if module.has_relative_attention_bias:
-                module.relative_attention_bias.weight.data.normal_(mean=0.0, std=factor * d_model ** -0.5)
-
-    def _shift_right(self, input_ids: Tensor) -> Tensor:
-        """``decoder_start_token_id`` followed by ``input_ids[:, :-1]``, with -100 replaced by the pad id."""
-        start, pad = self.config.decoder_start_token_id, self.config.pad_token_id
-        if start is None:
-            raise ValueError(
-                "self.model.config.decoder_start_token_id has to be defined. In T5 it is usually set to the "
-                "pad_token_id. See T5 docs for more information."
-            )
-        if pad is None:
-            raise ValueError("self.model.config.pad_token_id has to be defined.")
-        shifted = input_ids.new_zeros(input_ids.shape)
-        shifted[..., 1:] = input_ids[..., :-1].clone()
-        shifted[..., 0] = start
-        return shifted.masked_fill_(shifted == -100, pad)
-
-    # ---- shared by the three models: the embedding, pruning, the stacks
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.shared
-
-    def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
-        self.shared = new_embeddings
-        self._tie_embed_tokens()
-
-    def tie_weights(self) -> None:
-        """The encoder's and decoder's ``embed_tokens`` always share ``shared.weight``;
-        the LM head does when ``config.tie_word_embeddings``."""
-        self._tie_embed_tokens()
-        super().tie_weights()
-
-    def _tie_embed_tokens(self) -> None:
-        shared = self.shared
-        for stack in (getattr(self, "encoder", None), getattr(self, "decoder", None)):
-            if stack is None:
-                continue
-            embed = stack.embed_tokens
-            embed.weight = shared.weight
-            embed.num_embeddings, embed.embedding_dim = shared.weight.shape
-            embed.padding_idx = shared.padding_idx
-
-    def get_encoder(self) -> T5Stack:
-        return self.encoder
-
-    def _prune_heads(self, heads_to_prune: Dict[int, List[int]]) -> None:
-        """``{layer: [heads]}``: prune self-attention heads of those *encoder* blocks (as Transformers 4.x)."""
-        for layer, heads in heads_to_prune.items():
-            self.encoder.block[int(layer)].layer[0].SelfAttention.prune_heads(heads)
-
-    def _build_stacks(self, config: T5Config, decoder: bool = True) -> None:
-        self.shared = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder = T5Stack(config, is_decoder=False)
-        if decoder:
-            self.decoder = T5Stack(config, is_decoder=True)
-
-
-def _as_encoder_output(encoder_outputs: Any) -> BaseModelOutput:
-    if isinstance(encoder_outputs, BaseModelOutput):
-        return encoder_outputs
-    return BaseModelOutput(
-        last_hidden_state=encoder_outputs[0],
-        hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
-        attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
-    )
-
-
-class T5Model(T5PreTrainedModel):
-    """The bare encoder-decoder: returns the decoder's last hidden state (B, T, C)."""
-
-    _tied_weights_keys = [r"^encoder\.embed_tokens\.weight$", r"^decoder\.embed_tokens\.weight$"]
-
-    def __init__(self, config: T5Config) -> None:
-        super().__init__(config)
-        self._build_stacks(config)
-        self.post_init()
-
-    def get_decoder(self) -> T5Stack:
-        return self.decoder
-
-    def forward(
-        self,
-        input_ids: Optional[Tensor] = None,                              # (B, S)
-        attention_mask: Optional[Tensor] = None,                         # (B, S)
-        decoder_input_ids: Optional[Tensor] = None,                      # (B, T)
-        decoder_attention_mask: Optional[Tensor] = None,                 # (B, P+T)
-        head_mask: Optional[Tensor] = None,
-        decoder_head_mask: Optional[Tensor] = None,
-        cross_attn_head_mask: Optional[Tensor] = None,
-        encoder_outputs: Optional[Any] = None,
-        past_key_values: Optional[Any] = None,
-        inputs_embeds: Optional[Tensor] = None,
-        decoder_inputs_embeds: Optional[Tensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        cache: Optional[Any] = None,
-    ) -> Union[Seq2SeqModelOutput, Tuple]:
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        encoder_outputs, decoder_outputs = _encode_decode(
-            self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, head_mask,
-            decoder_head_mask, cross_attn_head_mask, encoder_outputs, past_key_values, inputs_embeds,
-            decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states, cache,
-        )
-        out = Seq2SeqModelOutput(
-            last_hidden_state=decoder_outputs.last_hidden_state,
-            past_key_values=decoder_outputs.past_key_values,
-            decoder_hidden_states=decoder_outputs.hidden_states,
-            decoder_attentions=decoder_outputs.attentions,
-            cross_attentions=decoder_outputs.cross_attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states,
-            encoder_attentions=encoder_outputs.attentions,
-        )
-        return out if return_dict else out.to_tuple()
-
-
-def _encode_decode(model: T5PreTrainedModel, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
-                   head_mask, decoder_head_mask, cross_attn_head_mask, encoder_outputs, past_key_values,
-                   inputs_embeds, decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states,
-                   cache) -> Tuple[BaseModelOutput, BaseModelOutputWithPastAndCrossAttentions]:
-    """Run the encoder (unless ``encoder_outputs`` are given) and the decoder over it."""
-    if head_mask is not None and decoder_head_mask is None:
-        if model.config.num_layers == model.config.num_decoder_layers:
-            warnings.warn(_HEAD_MASK_WARNING, FutureWarning)
-            decoder_head_mask = head_mask
-    if encoder_outputs is None:
-        encoder_outputs = model.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, head_mask=head_mask,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-        )
-    else:
-        encoder_outputs = _as_encoder_output(encoder_outputs)
-    decoder_outputs = model.decoder(
-        input_ids=decoder_input_ids, attention_mask=decoder_attention_mask, inputs_embeds=decoder_inputs_embeds,
-        past_key_values=past_key_values if past_key_values is not None else cache,
-        encoder_hidden_states=encoder_outputs.last_hidden_state, encoder_attention_mask=attention_mask,
-        head_mask=decoder_head_mask, cross_attn_head_mask=cross_attn_head_mask, use_cache=use_cache,
-        output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-    )
-    return encoder_outputs, decoder_outputs
-
-
-class T5ForConditionalGeneration(T5PreTrainedModel, GenerationMixin):
-    """T5 with its language-modelling head: logits (B, T, V) over the next decoder token.
-
-    With ``labels`` (B, T) and no ``decoder_input_ids``, the decoder input is
-    ``labels`` shifted right behind ``decoder_start_token_id`` (-100 -> pad), and
-    ``loss`` is the mean cross-entropy over labels that are not -100.
-
-    ``generate(input_ids, attention_mask=..., max_new_tokens=...)`` runs the
-    encoder once and the decoder one token per step from
-    ``decoder_start_token_id`` with the cache; it returns the decoder ids,
-    start token first.
-    """
-
-    _tied_weights_keys = [r"^encoder\.embed_tokens\.weight$", r"^decoder\.embed_tokens\.weight$",
-                          r"^lm_head\.weight$"]
-
-    def __init__(self, config: T5Config) -> None:
-        super().__init__(config)
-        self.model_dim = config.d_model
-        self._build_stacks(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.post_init()
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.lm_head = new_embeddings
-
-    def get_decoder(self) -> T5Stack:
-        return self.decoder
-
-    def forward(
-        self,
-        input_ids: Optional[Tensor] = None,                              # (B, S)
-        attention_mask: Optional[Tensor] = None,                         # (B, S)
-        decoder_input_ids: Optional[Tensor] = None,                      # (B, T)
-        decoder_attention_mask: Optional[Tensor] = None,                 # (B, P+T)
-        head_mask: Optional[Tensor] = None,
-        decoder_head_mask: Optional[Tensor] = None,
-        cross_attn_head_mask: Optional[Tensor] = None,
-        encoder_outputs: Optional[Any] = None,
-        past_key_values: Optional[Any] = None,
-        inputs_embeds: Optional[Tensor] = None,
-        decoder_inputs_embeds: Optional[Tensor] = None,
-        labels: Optional[Tensor] = None,                                 # (B, T); -100 is ignored
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        cache: Optional[Any] = None,
-    ) -> Union[Seq2SeqLMOutput, Tuple]:
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
-            decoder_input_ids = self._shift_right(labels)
-        encoder_outputs, decoder_outputs = _encode_decode(
-            self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, head_mask,
-            decoder_head_mask, cross_attn_head_mask, encoder_outputs, past_key_values, inputs_embeds,
-            decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states, cache,
-        )
-        sequence_output = decoder_outputs.last_hidden_state              # (B, T, C)
-        if self.config.scale_decoder_outputs:  # tied head: Mesh TensorFlow rescales before the shared matrix
-            sequence_output = sequence_output * (self.model_dim ** -0.5)
-        logits = self.lm_head(sequence_output)  # (B, T, V)
-
-        loss = None
-        if labels is not None:
-            labels = labels.to(logits.device)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100)
-
-        out = Seq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            past_key_values=decoder_outputs.past_key_values,
-            decoder_hidden_states=decoder_outputs.hidden_states,
-            decoder_attentions=decoder_outputs.attentions,
-            cross_attentions=decoder_outputs.cross_attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states,
-            encoder_attentions=encoder_outputs.attentions,
-        )
-        return out if return_dict else out.to_tuple()
-
-    # ---- generation hooks
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: Tensor,                                               # (B, P+T) decoder ids so far
-        past_key_values: Optional[Any] = None,
-        attention_mask: Optional[Tensor] = None,
-        head_mask: Optional[Tensor] = None,
-        decoder_head_mask: Optional[Tensor] = None,
-        decoder_attention_mask: Optional[Tensor] = None,
-        cross_attn_head_mask: Optional[Tensor] = None,
-        use_cache: Optional[bool] = None,
-        encoder_outputs: Optional[Any] = None,
-        **kwargs: Any,
-    ) -> Dict[str, Any]:
-        """The keyword arguments of the next ``forward`` in a decoding loop.
-
-        With a cache, only the decoder ids it has not seen are passed (the last
-        one when the caller already cut them).  ``attention_mask`` is the
-        encoder's padding mask.
-        """
-        if past_key_values is not None:
-            past_length = _past_length(past_key_values)
-            cut = past_length if input_ids.shape[1] > past_length else input_ids.shape[1] - 1
-            input_ids = input_ids[:, cut:]
-        return {
-            "decoder_input_ids": input_ids,
-            "past_key_values": past_key_values,
-            "encoder_outputs": encoder_outputs,
-            "attention_mask": attention_mask,
-            "head_mask": head_mask,
-            "decoder_head_mask": decoder_head_mask,
-            "decoder_attention_mask": decoder_attention_mask,
-            "cross_attn_head_mask": cross_attn_head_mask,
-            "use_cache": use_cache,
-        }
-
-    def prepare_decoder_input_ids_from_labels(self, labels: Tensor) -> Tensor:
-        return self._shift_right(labels)
-
-    @staticmethod
-    def _reorder_cache(past_key_values: Any, beam_idx: Tensor) -> Any:
-        """Reorder the batch rows of a cache (beam search); legacy tuples give new tuples."""
-        if past_key_values is None:
-            logger.warning("You might want to consider setting `use_cache=True` to speed up decoding")
+    def _cross_bias(self, encoder_hidden_states: Optional[Tensor], encoder_attention_mask: Optional[Tensor],
+                    dtype: torch.dtype) -> Optional[Tensor]:
+        """The decoder's additive mask over the encoder output (B, 1, 1, S), or None."""
+        if not self.is_decoder or encoder_hidden_states is None or encoder_attention_mask is None:
             return None
-        if isinstance(past_key_values, Cache):
-            past_key_values.reorder_cache(beam_idx)
-            return past_key_values
-        return tuple(tuple(t.index_select(0, beam_idx.to(t.device)) for t in layer) for layer in past_key_values)
+        if encoder_attention_mask.dim() == 4:
+            return expanded_mask(encoder_attention_mask, dtype)
+        return padding_mask(encoder_attention_mask, dtype)
 
-
-def _past_length(past_key_values: Any) -> int:
-    if isinstance(past_key_values, Cache):
-        return past_key_values.get_seq_length()
-    return past_key_values[0][0].shape[2] if len(past_key_values) else 0
-
-
-class T5EncoderModel(T5PreTrainedModel):
-    """The encoder alone: last hidden state (B, S, C)."""
-
-    _tied_weights_keys = [r"^encoder\.embed_tokens\.weight$"]
-    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^lm_head\."]
-
-    def __init__(self, config: T5Config) -> None:
-        super().__init__(config)
-        self._build_stacks(config, decoder=False)
-        self.post_init()
-
-    def forward(
-        self,
-        input_ids: Optional[Tensor] = None,                              # (B, S)
-        attention_mask: Optional[Tensor] = None,                         # (B, S)
-        head_mask: Optional[Tensor] = None,
-        inputs_embeds: Optional[Tensor] = None,                          # (B, S, C)
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ) -> Union[BaseModelOutput, Tuple]:
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        out = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, head_mask=head_mask,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-        )
-        out = BaseModelOutput(last_hidden_state=out.last_hidden_state, hidden_states=out.hidden_states,
-                              attentions=out.attentions)
-        return out if return_dict else out.to_tuple()
