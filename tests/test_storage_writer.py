@@ -237,7 +237,9 @@ def test_single_to_sharded_and_back(tmp_path, swap_mode):
     (folder / "tokenizer.json").write_text("tok")
     (folder / "sub").mkdir()
     (folder / "sub" / "notes.txt").write_text("keep")
-    save_checkpoint(folder, state(4, value=2), safe_serialization=False)  # the other format
+    # the other format in another variant (the other format of the same variant is replaced:
+    # tests/test_storage_other_format.py)
+    save_checkpoint(folder, state(4, value=2), safe_serialization=False, variant="v2")
     save_checkpoint(folder, state(4, value=3), variant="fp16")  # another variant
     save_checkpoint(folder, state(4, value=4), max_shard_size=64)  # single -> 4 shards
     assert listing(folder) == [
@@ -245,7 +247,7 @@ def test_single_to_sharded_and_back(tmp_path, swap_mode):
         "model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors",
         "model-00003-of-00004.safetensors", "model-00004-of-00004.safetensors",
         "model.fp16.safetensors", "model.safetensors.index.json",
-        "pytorch_model.bin", "sub", "tokenizer.json",
+        "pytorch_model.v2.bin", "sub", "tokenizer.json",
     ]
     assert load_all(folder)["layer.0.weight"][0, 0].item() == 4
     save_checkpoint(folder, state(4, value=5), max_shard_size=128)  # 4 shards -> 2 shards
@@ -253,10 +255,10 @@ def test_single_to_sharded_and_back(tmp_path, swap_mode):
         "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     save_checkpoint(folder, state(4, value=6))  # sharded -> single: shards and index removed
     assert listing(folder) == ["config.json", "model.fp16.safetensors", "model.safetensors",
-                               "pytorch_model.bin", "sub", "tokenizer.json"]
+                               "pytorch_model.v2.bin", "sub", "tokenizer.json"]
     assert load_all(folder)["layer.0.weight"][0, 0].item() == 6
     assert load_all(folder, variant="fp16")["layer.0.weight"][0, 0].item() == 3
-    assert load_all(folder, use_safetensors=False)["layer.0.weight"][0, 0].item() == 2
+    assert load_all(folder, variant="v2", use_safetensors=False)["layer.0.weight"][0, 0].item() == 2
     assert (folder / "sub" / "notes.txt").read_text() == "keep"
     assert (folder / "tokenizer.json").read_text() == "tok"
     assert temp_leftovers(tmp_path) == []

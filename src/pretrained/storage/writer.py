@@ -7,9 +7,10 @@ How a save replaces ``folder``:
 2. The new checkpoint is assembled in a sibling folder
    ``.<name>.pretrained-tmp-<pid>-<random>`` of the same parent: every entry
    of the current folder is hard-linked in (copied where links fail), except
-   the files of the same weights family (single file, any shard, index of
-   this format and variant -- they are stale or being rewritten) and the
-   files this save writes. Weights, index and extra files are written (and,
+   the weights files of this variant (single file, any shard, index), in this
+   format and in the other one (``.bin`` for a safetensors save and back:
+   they are stale or being rewritten, and a loader preferring the other
+   format would load old weights), and the files this save writes. Weights, index and extra files are written (and,
    with ``durable=True``, fsync'ed, each while the next is written).
 3. The two folders are swapped with one ``renameat2(RENAME_EXCHANGE)`` and the
    old one (now at the temporary name) is deleted. A new target is simply
@@ -19,7 +20,7 @@ A reader therefore sees the old checkpoint or the new one, never a mix, and a
 process killed at any moment leaves one of the two. On systems or file
 systems without ``RENAME_EXCHANGE`` the new files are moved in one by one,
 extra files and shards first and the single weights file or index last, then
-stale family files are deleted: a reader may briefly see new shards under an
+stale weights files are deleted (single files and indexes before shards): a reader may briefly see new shards under an
 old index, but the loader's preferred file always points at a complete set.
 
 Checksums: with ``checksums=True`` a *sharded* checkpoint gets
@@ -160,12 +161,12 @@ def _check_relative_name(name: str, *, what: str) -> str:
     return name
 
 
-def _check_extra_files(extra_files: Optional[Mapping[str, Union[str, bytes]]], fmt: str,
+def _check_extra_files(extra_files: Optional[Mapping[str, Union[str, bytes]]], formats: tuple[str, ...],
                        variant: Optional[str]) -> dict[str, bytes]:
     result: dict[str, bytes] = {}
     for name, content in (extra_files or {}).items():
         _check_relative_name(name, what="extra file")
-        if names.is_family_file(name, fmt, variant):
+        if any(names.is_family_file(name, fmt, variant) for fmt in formats):
             raise ValueError(f"extra file {name!r} would overwrite the weights this save writes")
         if isinstance(content, str):
             content = content.encode("utf-8")
@@ -327,9 +328,8 @@ def _replace_one_by_one(temp: str, target: str, written: list[str], commit: str,
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
             _move_into(os.path.join(temp, *name.split("/")), path, sync)
-        for entry in os.listdir(target):
-            if fmt is not None and names.is_family_file(entry, fmt, variant) and entry not in written:
-                os.unlink(os.path.join(target, entry))
+        for entry in _stale_entries(os.listdir(target), written, fmt, variant):
+            os.unlink(os.path.join(target, entry))
         sync.folder(target)
     except OSError as exc:
         raise SaveError(
@@ -337,6 +337,20 @@ def _replace_one_by_one(temp: str, target: str, written: list[str], commit: str,
             f"swap folders atomically); the folder may hold a mix of old and new files: {exc}"
         ) from exc
     shutil.rmtree(temp, ignore_errors=True)
+
+
+def _is_stale(entry: str, fmt: Optional[str], variant: Optional[str]) -> bool:
+    """Whether ``entry`` is a weights file or index of this variant, in either format: a save
+    in one format replaces the other's files too, or a loader preferring it would load them."""
+    return fmt is not None and any(names.is_family_file(entry, each, variant) for each in names.FORMATS)
+
+
+def _stale_entries(entries: list[str], written: list[str], fmt: Optional[str], variant: Optional[str]) -> list[str]:
+    """The stale weights files among ``entries``, each single file and index before the shards
+    (an index never names a deleted shard)."""
+    commits = {name(each, variant) for each in names.FORMATS for name in (names.weights_name, names.index_name)}
+    stale = [entry for entry in entries if entry not in written and _is_stale(entry, fmt, variant)]
+    return sorted(stale, key=lambda entry: entry not in commits)
 
 
 def _cwd_inside(folder: str) -> Optional[str]:
@@ -490,7 +504,7 @@ def _skip_entry(target: str, written: list[str], fmt: str, variant: Optional[str
     folders = {name.split("/")[0] for name in written if "/" in name}
 
     def skip(entry: str) -> bool:
-        if entry in files or (fmt is not None and names.is_family_file(entry, fmt, variant)):
+        if entry in files or _is_stale(entry, fmt, variant):
             return True
         return entry in folders and not os.path.isdir(os.path.join(target, entry))
 
@@ -574,7 +588,7 @@ def save_checkpoint(
     target = _target_path(folder)
     only_extra = state_dict is None  # side files alone (an adapter): the weights family is left as it is
     tensors = {} if only_extra else _check_state_dict(state_dict, no_aliases=safe_serialization)
-    extra = _check_extra_files(extra_files, fmt, variant)
+    extra = _check_extra_files(extra_files, (fmt,) if only_extra else names.FORMATS, variant)
     file_metadata = _file_metadata(metadata) if safe_serialization else {}
     plan = plan_shards([(name, _nbytes(t)) for name, t in tensors.items()],
                        max_shard_size, fmt=fmt, variant=variant)
