@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-import pretrained.storage.writer as atomic  # the folder transaction
+import pretrained.storage.atomic as atomic
 from pretrained.errors import SaveError
 from pretrained.storage import Checkpoint, resolve_checkpoint, save_checkpoint
 from pretrained.storage.names import FORMATS, is_family_file

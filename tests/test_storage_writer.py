@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import pretrained.storage.atomic as atomic
 import pretrained.storage.writer as writer
 from pretrained.errors import SaveError
 from pretrained.storage import Checkpoint, resolve_checkpoint, save_checkpoint
@@ -49,7 +50,7 @@ def swap_mode(request, monkeypatch):
         def unsupported(first, second):
             raise OSError(errno.EINVAL, "RENAME_EXCHANGE not supported (simulated)")
 
-        monkeypatch.setattr(writer, "_exchange", unsupported)
+        monkeypatch.setattr(atomic, "_exchange", unsupported)
     return request.param
 
 
@@ -223,8 +224,8 @@ def test_exchange_is_used_and_unrelated_files_are_linked(tmp_path, monkeypatch):
     (folder / "tokenizer.json").write_text("tok")
     inode = os.stat(folder / "tokenizer.json").st_ino
     calls = []
-    real = writer._exchange
-    monkeypatch.setattr(writer, "_exchange", lambda a, b: (calls.append((a, b)), real(a, b)))
+    real = atomic._exchange
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: (calls.append((a, b)), real(a, b)))
     save_checkpoint(folder, state(2))
     assert len(calls) == 1 and calls[0][1] == str(folder)
     assert os.stat(folder / "tokenizer.json").st_ino == inode  # hard link, not a copy
@@ -277,10 +278,10 @@ def test_extra_files_replace_old_ones_without_touching_the_old_inode(tmp_path, s
 
 
 def test_fallback_writes_the_commit_file_last(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer, "_exchange", lambda a, b: (_ for _ in ()).throw(OSError(errno.ENOSYS, "no")))
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: (_ for _ in ()).throw(OSError(errno.ENOSYS, "no")))
     moved = []
-    real = writer._move_into
-    monkeypatch.setattr(writer, "_move_into",
+    real = atomic._move_into
+    monkeypatch.setattr(atomic, "_move_into",
                         lambda src, dst, sync: (moved.append(os.path.basename(dst)), real(src, dst, sync)))
     folder = tmp_path / "ck"
     save_checkpoint(folder, state(4))  # new folder: plain rename, nothing moved
