@@ -19,6 +19,7 @@ from pretrained.errors import SaveError
 from pretrained.storage import Checkpoint, resolve_checkpoint, save_checkpoint
 from pretrained.storage.names import FORMATS, is_family_file
 from pretrained.storage.writer import LazyTensor
+from test_storage_writer import swap_mode  # noqa: F401  (the fixture: with renameat2 and with the fallback)
 
 OTHER = {"safetensors": "bin", "bin": "safetensors"}
 
@@ -51,17 +52,6 @@ def values(folder, **kwargs):
 
 def snapshot(folder, keep):
     return {name: (folder / name).read_bytes() for name in listing(folder) if keep(name)}
-
-
-@pytest.fixture(params=["exchange", "fallback"])
-def swap_mode(request, monkeypatch):
-    """Run a test with renameat2(RENAME_EXCHANGE) and with the one-by-one fallback."""
-    if request.param == "fallback":
-        def unsupported(first, second):
-            raise OSError(errno.EINVAL, "RENAME_EXCHANGE not supported (simulated)")
-
-        monkeypatch.setattr(atomic, "_exchange", unsupported)
-    return request.param
 
 
 @pytest.mark.parametrize("variant", [None, "fp16"])
