@@ -264,8 +264,8 @@ def test_the_checker_finds_upward_sibling_and_out_of_order_imports(layers, tmp_p
         "pretrained/__init__.py": "", "pretrained/storage/__init__.py": "", "pretrained/models/__init__.py": "",
         "pretrained/storage/names.py": "def f():\n    from ..modeling import base\n",  # function-local, upward
         "pretrained/storage/folder.py": "from . import writer\n",  # inside storage/, listed after it
-        "pretrained/storage/writer.py": "from .names import x\nfrom . import atomic\n",  # both fine
-        "pretrained/storage/atomic.py": "from .writer import y\n",  # not listed: free inside storage/
+        "pretrained/storage/writer.py": "from .names import x\nfrom . import scratch\n",  # both fine
+        "pretrained/storage/scratch.py": "from .writer import y\n",  # not listed: free inside storage/
         "pretrained/models/t5_heads.py": "from .t5 import T5\n",  # its own architecture: fine
         "pretrained/models/gpt2.py": "import importlib\nimportlib.import_module('pretrained.models.bert')\n",
         "pretrained/loading.py": "from pretrained.placement.plan import infer_device_map\n",

@@ -15,6 +15,7 @@ from pretrained.errors import CheckpointError
 from pretrained.storage.safetensors import (
     DTYPES,
     MAX_HEADER_SIZE,
+    LazyTensor,
     SafetensorsReader,
     read_header,
     save_safetensors,
@@ -145,6 +146,38 @@ def test_writer_rejects_bad_input(tmp_path):
         save_safetensors({"__metadata__": torch.ones(2)}, path)
     with pytest.raises(TypeError, match="metadata"):
         save_safetensors({"a": torch.ones(2)}, path, metadata={"a": 1})
+
+
+def test_lazy_tensors_are_written_like_eager_ones_each_loaded_only_when_its_turn_comes(tmp_path):
+    import weakref
+
+    eager = {"w": torch.randn(3, 4), "ids": torch.arange(6), "half": torch.ones(2, dtype=torch.float16),
+             "empty": torch.zeros(0, 3)}
+    produced = []
+
+    def producer(name):
+        def load():
+            assert all(ref() is None for ref in produced), "the previous lazy tensor is still alive"
+            tensor = eager[name].clone()
+            produced.append(weakref.ref(tensor))
+            return tensor
+        return load
+
+    lazy = {name: LazyTensor(t.dtype, tuple(t.shape), producer(name)) for name, t in eager.items() if name != "ids"}
+    lazy["ids"] = eager["ids"]  # lazy and eager entries mix
+    save_safetensors(lazy, tmp_path / "lazy.safetensors", metadata={"format": "pt"})
+    save_file(eager, str(tmp_path / "ref.safetensors"), metadata={"format": "pt"})
+    assert (tmp_path / "lazy.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    assert len(produced) == 3
+
+
+def test_a_lazy_tensor_must_produce_what_it_promised(tmp_path):
+    path = tmp_path / "x.safetensors"
+    with pytest.raises(ValueError, match="promised"):
+        save_safetensors({"a": LazyTensor(torch.float32, (2,), lambda: torch.ones(3))}, path)
+    assert not path.exists()
+    with pytest.raises(ValueError, match="dtype"):
+        save_safetensors({"a": LazyTensor(torch.complex128, (2,), lambda: torch.ones(2))}, path)
 
 
 _dtype_names = sorted(DTYPES)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import pretrained.storage.atomic as atomic
 import pretrained.storage.writer as writer
 from pretrained.errors import SaveError
 from pretrained.storage import Checkpoint, resolve_checkpoint, save_checkpoint
@@ -49,7 +50,7 @@ def swap_mode(request, monkeypatch):
         def unsupported(first, second):
             raise OSError(errno.EINVAL, "RENAME_EXCHANGE not supported (simulated)")
 
-        monkeypatch.setattr(writer, "_exchange", unsupported)
+        monkeypatch.setattr(atomic, "_exchange", unsupported)
     return request.param
 
 
@@ -223,8 +224,8 @@ def test_exchange_is_used_and_unrelated_files_are_linked(tmp_path, monkeypatch):
     (folder / "tokenizer.json").write_text("tok")
     inode = os.stat(folder / "tokenizer.json").st_ino
     calls = []
-    real = writer._exchange
-    monkeypatch.setattr(writer, "_exchange", lambda a, b: (calls.append((a, b)), real(a, b)))
+    real = atomic._exchange
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: (calls.append((a, b)), real(a, b)))
     save_checkpoint(folder, state(2))
     assert len(calls) == 1 and calls[0][1] == str(folder)
     assert os.stat(folder / "tokenizer.json").st_ino == inode  # hard link, not a copy
@@ -237,7 +238,9 @@ def test_single_to_sharded_and_back(tmp_path, swap_mode):
     (folder / "tokenizer.json").write_text("tok")
     (folder / "sub").mkdir()
     (folder / "sub" / "notes.txt").write_text("keep")
-    save_checkpoint(folder, state(4, value=2), safe_serialization=False)  # the other format
+    # the other format in another variant (the other format of the same variant is replaced:
+    # tests/test_storage_other_format.py)
+    save_checkpoint(folder, state(4, value=2), safe_serialization=False, variant="v2")
     save_checkpoint(folder, state(4, value=3), variant="fp16")  # another variant
     save_checkpoint(folder, state(4, value=4), max_shard_size=64)  # single -> 4 shards
     assert listing(folder) == [
@@ -245,7 +248,7 @@ def test_single_to_sharded_and_back(tmp_path, swap_mode):
         "model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors",
         "model-00003-of-00004.safetensors", "model-00004-of-00004.safetensors",
         "model.fp16.safetensors", "model.safetensors.index.json",
-        "pytorch_model.bin", "sub", "tokenizer.json",
+        "pytorch_model.v2.bin", "sub", "tokenizer.json",
     ]
     assert load_all(folder)["layer.0.weight"][0, 0].item() == 4
     save_checkpoint(folder, state(4, value=5), max_shard_size=128)  # 4 shards -> 2 shards
@@ -253,10 +256,10 @@ def test_single_to_sharded_and_back(tmp_path, swap_mode):
         "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     save_checkpoint(folder, state(4, value=6))  # sharded -> single: shards and index removed
     assert listing(folder) == ["config.json", "model.fp16.safetensors", "model.safetensors",
-                               "pytorch_model.bin", "sub", "tokenizer.json"]
+                               "pytorch_model.v2.bin", "sub", "tokenizer.json"]
     assert load_all(folder)["layer.0.weight"][0, 0].item() == 6
     assert load_all(folder, variant="fp16")["layer.0.weight"][0, 0].item() == 3
-    assert load_all(folder, use_safetensors=False)["layer.0.weight"][0, 0].item() == 2
+    assert load_all(folder, variant="v2", use_safetensors=False)["layer.0.weight"][0, 0].item() == 2
     assert (folder / "sub" / "notes.txt").read_text() == "keep"
     assert (folder / "tokenizer.json").read_text() == "tok"
     assert temp_leftovers(tmp_path) == []
@@ -275,10 +278,10 @@ def test_extra_files_replace_old_ones_without_touching_the_old_inode(tmp_path, s
 
 
 def test_fallback_writes_the_commit_file_last(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer, "_exchange", lambda a, b: (_ for _ in ()).throw(OSError(errno.ENOSYS, "no")))
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: (_ for _ in ()).throw(OSError(errno.ENOSYS, "no")))
     moved = []
-    real = writer._move_into
-    monkeypatch.setattr(writer, "_move_into",
+    real = atomic._move_into
+    monkeypatch.setattr(atomic, "_move_into",
                         lambda src, dst, sync: (moved.append(os.path.basename(dst)), real(src, dst, sync)))
     folder = tmp_path / "ck"
     save_checkpoint(folder, state(4))  # new folder: plain rename, nothing moved

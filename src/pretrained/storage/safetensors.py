@@ -14,7 +14,8 @@ input and is checked field by field before any size it claims is believed.
 Tensors are zero-copy views of a copy-on-write (``MAP_PRIVATE``) mapping, so
 writing to one never changes the file.
 
-The writer streams one tensor at a time and produces the same bytes as
+The writer streams one tensor at a time (a :class:`LazyTensor` is produced
+only when its turn comes) and produces the same bytes as
 ``safetensors.torch.save_file`` (tensors ordered by dtype rank, largest first,
 then by name; header padded with spaces to a multiple of 8). The one place
 the reference is not deterministic is the order of several metadata keys (it
@@ -29,11 +30,12 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import mmap
 import os
 import struct
 from dataclasses import dataclass
-from typing import Mapping, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 
@@ -428,6 +430,41 @@ class SafetensorsReader:
 # --------------------------------------------------------------------------- writing
 
 
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor to save that is produced only when it is written (e.g. a disk-offloaded weight).
+
+    :func:`save_safetensors` (and the checkpoint writer) call ``load()`` right
+    before writing the entry and drop the result right after, so tensors given
+    lazily are saved with memory bounded by the largest one (``.bin`` shards: by
+    the largest shard, since pickle needs a whole shard at once).
+
+    Attributes:
+        dtype: the dtype ``load()`` returns.
+        shape: the shape ``load()`` returns.
+        load: returns the tensor (any device but ``meta``).
+    """
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    load: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _materialize(name: str, entry: Union[torch.Tensor, LazyTensor]) -> torch.Tensor:
+    """``entry`` itself, or what a lazy entry loads (checked against what it promised)."""
+    if not isinstance(entry, LazyTensor):
+        return entry
+    tensor = entry.load()
+    if tensor.dtype != entry.dtype or tuple(tensor.shape) != entry.shape:
+        raise ValueError(f"lazy entry {name!r} promised {entry.dtype} {entry.shape} but produced "
+                         f"{tensor.dtype} {tuple(tensor.shape)}")
+    return tensor
+
+
 def dtype_code(dtype: torch.dtype) -> str:
     """The safetensors code of a torch dtype (``torch.float16`` -> ``"F16"``).
 
@@ -441,7 +478,8 @@ def dtype_code(dtype: torch.dtype) -> str:
                          f"{sorted(str(d) for d in _CODES)}") from None
 
 
-def _check_inputs(tensors: Mapping[str, torch.Tensor], metadata: Optional[Mapping[str, str]]) -> None:
+def _check_inputs(tensors: Mapping[str, Union[torch.Tensor, LazyTensor]],
+                  metadata: Optional[Mapping[str, str]]) -> None:
     if not isinstance(tensors, Mapping):
         raise TypeError(f"tensors must be a mapping of name -> Tensor, got {type(tensors).__name__}")
     for name, tensor in tensors.items():
@@ -449,6 +487,9 @@ def _check_inputs(tensors: Mapping[str, torch.Tensor], metadata: Optional[Mappin
             raise TypeError(f"tensor names must be str, got {name!r}")
         if name == "__metadata__":
             raise ValueError("'__metadata__' is reserved by the safetensors format and cannot name a tensor")
+        if isinstance(tensor, LazyTensor):
+            dtype_code(tensor.dtype)
+            continue
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name!r} is a {type(tensor).__name__}, not a Tensor")
         if tensor.layout != torch.strided:
@@ -464,7 +505,7 @@ def _check_inputs(tensors: Mapping[str, torch.Tensor], metadata: Optional[Mappin
                 raise TypeError(f"metadata must map str -> str, got {key!r}: {value!r}")
 
 
-def _layout(tensors: Mapping[str, torch.Tensor], metadata: Optional[Mapping[str, str]]):
+def _layout(tensors: Mapping[str, Union[torch.Tensor, LazyTensor]], metadata: Optional[Mapping[str, str]]):
     """Order the tensors like the reference and build the padded header bytes."""
     order = sorted(tensors, key=lambda name: (-_RANK[dtype_code(tensors[name].dtype)], name))
     header: dict = {}
@@ -473,7 +514,7 @@ def _layout(tensors: Mapping[str, torch.Tensor], metadata: Optional[Mapping[str,
     offset = 0
     for name in order:
         tensor = tensors[name]
-        size = tensor.numel() * tensor.element_size()
+        size = tensor.nbytes if isinstance(tensor, LazyTensor) else tensor.numel() * tensor.element_size()
         header[name] = {
             "dtype": dtype_code(tensor.dtype),
             "shape": list(tensor.shape),
@@ -495,7 +536,7 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
 
 
 def save_safetensors(
-    tensors: Mapping[str, torch.Tensor],
+    tensors: Mapping[str, Union[torch.Tensor, LazyTensor]],
     path: PathLike,
     metadata: Optional[Mapping[str, str]] = None,
 ) -> None:
@@ -504,16 +545,18 @@ def save_safetensors(
     The output is byte-identical to ``safetensors.torch.save_file(tensors, path,
     metadata)`` (metadata keys are written sorted). Views and strided tensors
     are written as their logical contents; aliasing is not checked here (the
-    caller deduplicates).
+    caller deduplicates). A :class:`LazyTensor` is loaded right before it is
+    written and dropped right after.
 
     Args:
-        tensors: name -> dense tensor (any device but meta).
+        tensors: name -> dense tensor (any device but meta) or :class:`LazyTensor`.
         path: destination file; overwritten.
         metadata: optional ``__metadata__`` (str -> str).
 
     Raises:
         TypeError, ValueError: for non-tensor values, non-str names or metadata,
-            meta tensors, or a dtype safetensors cannot store.
+            meta tensors, a dtype safetensors cannot store, or a lazy entry that
+            loads another dtype or shape than it promised.
         OSError: when writing fails (the partial file is removed).
     """
     _check_inputs(tensors, metadata)
@@ -523,8 +566,10 @@ def save_safetensors(
             file.write(struct.pack("<Q", len(raw)))
             file.write(raw)
             for name in order:
-                if tensors[name].numel():
-                    file.write(tensor_bytes(tensors[name]))
+                tensor = _materialize(name, tensors[name])
+                if tensor.numel():
+                    file.write(tensor_bytes(tensor))
+                del tensor
     except BaseException:
         try:
             os.unlink(path)
@@ -542,5 +587,6 @@ __all__ = [
     "SafetensorsReader",
     "dtype_code",
     "map_bytes",
+    "LazyTensor",
     "save_safetensors",
 ]
