@@ -226,6 +226,10 @@ class _BaseAutoModel:
         """Load the model class that the checkpoint's config names (see
         :meth:`pretrained.PreTrainedModel.from_pretrained` for the keywords)."""
         hub = {k: kwargs[k] for k in _HUB_KEYS if k in kwargs}
+        from .modeling.load_config import adopt_config, is_foreign_config
+
+        if is_foreign_config(config):  # a Transformers config object: ours of its model_type
+            config = adopt_config(config, config_class_for(str(getattr(config, "model_type", ""))), owner=cls.__name__)
         if config is None:  # an adapter folder: the config of the base model it names
             from .adapters.entry import base_of_adapter
 

@@ -591,6 +591,10 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
 
         adapter_path, pretrained_model_name_or_path, adapter_args = split_adapter_path(
             pretrained_model_name_or_path, kwargs, hub)
+        from .load_config import adopt_config, check_loadable_class
+
+        config = adopt_config(config, cls.config_class, owner=cls.__name__)
+        check_loadable_class(cls, pretrained_model_name_or_path, config, hub)
 
         # 1. config
         if not isinstance(config, PretrainedConfig):
