@@ -61,3 +61,65 @@ def test_transformers_config_of_another_model_type_says_what_is_expected(hf_bert
         BertForMaskedLM.from_pretrained(hf_bert_dirs["single"], config=hf_gpt2_dirs["model"].config)
     with pytest.raises(TypeError, match="takes a BertConfig, a path or a repo id"):
         BertForMaskedLM.from_pretrained(hf_bert_dirs["single"], config=42)
+
+
+# --------------------------------------------------------------------------- item 4: surgery on offloaded models
+
+# The embeddings and the (tied) head on disk, the rest in RAM: hooks serve the weights.
+GPT2_DISK_MAP = {"transformer.wte": "disk", "transformer.wpe": "cpu", "transformer.h": "cpu",
+                 "transformer.ln_f": "cpu", "lm_head": "disk"}
+BERT_DISK_MAP = {"bert.embeddings": "cpu", "bert.encoder.layer.0": "disk", "bert.encoder.layer.1": "cpu", "cls": "cpu"}
+
+
+def _snapshot(model) -> dict:
+    return {name: (id(p), tuple(p.shape), p.device.type) for name, p in model.named_parameters(remove_duplicate=False)}
+
+
+def test_resize_of_an_offloaded_model_is_refused_before_anything_changes(hf_gpt2_dirs, input_ids, tmp_path):
+    model = GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["single"], device_map=GPT2_DISK_MAP)
+    before, vocab, expected = _snapshot(model), model.config.vocab_size, logits(model, input_ids)
+    with pytest.raises(RuntimeError, match=r"resize_token_embeddings.*device_map.*without a device_map"):
+        model.resize_token_embeddings(vocab + 50)
+    assert _snapshot(model) == before and model.config.vocab_size == vocab
+    assert model.get_input_embeddings().num_embeddings == vocab
+    assert_close(logits(model, input_ids), expected, atol=0)
+    model.resize_token_embeddings()  # nothing asked: nothing to refuse
+    # what the message says to do gives Transformers' result on the in-memory model
+    whole = GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["single"])
+    torch.manual_seed(0)
+    whole.resize_token_embeddings(vocab + 50)
+    whole.save_pretrained(tmp_path)
+    placed = GPT2LMHeadModel.from_pretrained(tmp_path, device_map=GPT2_DISK_MAP)
+    import transformers
+
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["single"])
+    theirs.resize_token_embeddings(vocab + 50)
+    theirs.transformer.wte.weight.data[vocab:] = whole.transformer.wte.weight.data[vocab:]  # new rows are random
+    assert_close(logits(placed, input_ids), logits(theirs.eval(), input_ids), atol=1e-5)
+
+
+def test_prune_heads_of_an_offloaded_model_is_refused(hf_bert_dirs):
+    model = BertForMaskedLM.from_pretrained(hf_bert_dirs["single"], device_map=BERT_DISK_MAP)
+    before = _snapshot(model)
+    with pytest.raises(RuntimeError, match="prune_heads"):
+        model.prune_heads({0: [1]})
+    assert _snapshot(model) == before and not model.config.pruned_heads
+    model.prune_heads({0: []})  # nothing new to prune
+
+
+def test_tie_weights_of_an_offloaded_model_is_refused_when_it_would_retie(hf_gpt2_dirs, tmp_path):
+    import transformers
+
+    config = transformers.GPT2Config.from_pretrained(hf_gpt2_dirs["single"], tie_word_embeddings=False)
+    untied = transformers.GPT2LMHeadModel(config)
+    untied.save_pretrained(tmp_path)
+    model = GPT2LMHeadModel.from_pretrained(tmp_path, device_map=GPT2_DISK_MAP)
+    assert model.lm_head.weight is not model.transformer.wte.weight
+    before = _snapshot(model)
+    model.tie_weights()  # the config does not tie: nothing changes
+    model.config.tie_word_embeddings = True
+    with pytest.raises(RuntimeError, match="tie_weights"):
+        model.tie_weights()
+    assert _snapshot(model) == before
+    tied = GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["single"], device_map=GPT2_DISK_MAP)
+    tied.tie_weights()  # already tied: a no-op, not an error

@@ -37,6 +37,7 @@ from ..quantization import check_saveable, dequantize_model, quantization_of, qu
 from ..utils import dtype_name, parse_dtype, parse_size
 from .generation import GENERATION_CONFIG_NAME, GenerationConfig
 from .mixin import ModuleUtilsMixin
+from .surgery import heads_to_prune_are_new, is_dispatched, refuse_if_dispatched, resize_token_embeddings, tie_would_change
 
 logger = get_logger(__name__)
 
@@ -227,11 +228,19 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
     def tie_weights(self) -> None:
         """Tie the output embeddings to the input embeddings when
         ``config.tie_word_embeddings`` (a clone instead when ``config.torchscript``),
-        then run every submodule's own ``_tie_weights``."""
+        then run every submodule's own ``_tie_weights``.
+
+        Raises:
+            RuntimeError: the tie would replace a weight of a model loaded with a
+                device_map that offloads or spreads it (already tied: a no-op).
+        """
         if getattr(self.config.get_text_config(), "tie_word_embeddings", True):
             output = self.get_output_embeddings()
             if output is not None:
-                self._tie_or_clone_weights(output, self.get_input_embeddings())
+                input = self.get_input_embeddings()
+                if is_dispatched(self) and tie_would_change(output, input, torchscript=self.config.torchscript):
+                    refuse_if_dispatched(self, "tie_weights")
+                self._tie_or_clone_weights(output, input)
         for module in self.modules():
             if hasattr(module, "_tie_weights") and module is not self:
                 module._tie_weights()
@@ -284,40 +293,14 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
         Raises:
             ValueError: a size or multiple that is not a positive int.
             TypeError: the embeddings are not ``nn.Embedding`` / ``nn.Linear``.
+            RuntimeError: the model was loaded with a device_map that offloads or
+                spreads it (load it whole, resize, save, load the saved folder placed).
 
         Example:
             >>> model.resize_token_embeddings(50260, pad_to_multiple_of=64).num_embeddings
             50304
         """
-        from .surgery import resize_embedding, resize_linear_rows
-
-        old = self.get_input_embeddings()
-        if new_num_tokens is None and pad_to_multiple_of is None:
-            return old
-        if pad_to_multiple_of is not None:
-            if not isinstance(pad_to_multiple_of, int) or isinstance(pad_to_multiple_of, bool) or pad_to_multiple_of <= 0:
-                raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
-            target = old.weight.shape[0] if new_num_tokens is None else new_num_tokens
-            new_num_tokens = -(-target // pad_to_multiple_of) * pad_to_multiple_of
-        if not isinstance(new_num_tokens, int) or isinstance(new_num_tokens, bool) or new_num_tokens <= 0:
-            raise ValueError(f"new_num_tokens must be a positive int, got {new_num_tokens!r}")
-        if not isinstance(old, nn.Embedding):
-            raise TypeError(f"resize_token_embeddings needs an nn.Embedding input embedding, got {type(old).__name__}")
-        output = self.get_output_embeddings()
-        tied = output is not None and output.weight is old.weight
-        untied_head = output is not None and not tied and \
-            not getattr(self.config.get_text_config(), "tie_word_embeddings", True)
-        if untied_head and not isinstance(output, nn.Linear):
-            raise TypeError(f"resize_token_embeddings needs an nn.Linear output layer, got {type(output).__name__}")
-        std = None if mean_resizing else getattr(self.config.get_text_config(), "initializer_range", 0.02)
-        resize_embedding(old, new_num_tokens, std=std)
-        if untied_head:
-            resize_linear_rows(output, new_num_tokens, std=std)
-        self.config.get_text_config().vocab_size = new_num_tokens
-        if hasattr(self, "vocab_size"):
-            self.vocab_size = new_num_tokens
-        self.tie_weights()
-        return self.get_input_embeddings()
+        return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
 
     # ------------------------------------------------------------ pruning
     def prune_heads(self, heads_to_prune: Dict[int, List[int]]) -> None:
@@ -325,7 +308,13 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
 
         The union with earlier pruning is recorded in ``config.pruned_heads`` so a
         saved checkpoint re-applies it when loaded.
+
+        Raises:
+            RuntimeError: new heads to prune on a model loaded with a device_map that
+                offloads or spreads it (prune it loaded whole, save, load placed).
         """
+        if heads_to_prune_are_new(heads_to_prune, self.config.pruned_heads):
+            refuse_if_dispatched(self, "prune_heads")
         before = set(self.modules())  # the objects themselves: ids of dropped modules get reused
         self._apply_head_pruning(heads_to_prune)
         # The new, smaller projections hold the kept rows of the old weights.
