@@ -123,3 +123,31 @@ def test_tie_weights_of_an_offloaded_model_is_refused_when_it_would_retie(hf_gpt
     assert _snapshot(model) == before
     tied = GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["single"], device_map=GPT2_DISK_MAP)
     tied.tie_weights()  # already tied: a no-op, not an error
+
+
+# --------------------------------------------------------------------------- copy.deepcopy of an offloaded model
+
+
+def test_deepcopy_of_a_disk_offloaded_model(hf_gpt2_dirs, input_ids, tmp_path):
+    model = GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["single"], device_map=GPT2_DISK_MAP)
+    expected = logits(model, input_ids)
+    clone = copy.deepcopy(model)
+    assert clone.hf_device_map == model.hf_device_map
+    assert clone.lm_head.weight is clone.transformer.wte.weight  # ties survive the copy
+    assert clone.transformer.wte.weight.device.type == "meta"
+    assert_close(logits(clone, input_ids), expected, atol=0)
+    model.__dict__["_placement"].remove()  # the original's files closed, hooks gone: the copy stands alone
+    reader = clone.__dict__["_placement"].reader
+    assert reader is not model.__dict__["_placement"].reader
+    loads = [f.load for hook in clone.__dict__["_placement"].hooks.values() for f in hook.fetches]
+    assert {id(load.args[0]) for load in loads if hasattr(load, "args")} == {id(reader)}
+    assert_close(logits(clone, input_ids), expected, atol=0)
+    clone.save_pretrained(tmp_path)
+    assert_close(logits(GPT2LMHeadModel.from_pretrained(tmp_path), input_ids), expected, atol=1e-6)
+
+
+def test_deepcopy_of_a_model_offloaded_into_a_folder(hf_gpt2_dirs, input_ids, tmp_path):
+    model = GPT2LMHeadModel.from_pretrained(hf_gpt2_dirs["bin"], device_map=GPT2_DISK_MAP,
+                                            offload_folder=tmp_path / "offload")
+    clone = copy.deepcopy(model)
+    assert_close(logits(clone, input_ids), logits(model, input_ids), atol=0)

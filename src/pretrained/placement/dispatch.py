@@ -17,6 +17,7 @@ Buffers always live on their module's execution device.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
@@ -336,12 +337,8 @@ class Placement:
         return fetches
 
     def _disk_loader(self, entry: DiskTensor, execution: torch.device):
-        reader = self.reader
-
-        def load(original: torch.Tensor) -> torch.Tensor:
-            return reader.read(entry, execution)
-
-        return load
+        # a partial, not a closure: copy.deepcopy of the model then gives the hooks the copy's reader
+        return functools.partial(_read_entry, self.reader, entry, execution)
 
     # ------------------------------------------------------------ after loading
 
@@ -400,6 +397,10 @@ class Placement:
         remove_hooks(self.hooks)
         self.hooks.clear()
         self.reader.close()
+
+
+def _read_entry(reader: DiskReader, entry: DiskTensor, execution: torch.device, original: torch.Tensor):
+    return reader.read(entry, execution)
 
 
 def _mover(execution: torch.device):
