@@ -19,6 +19,7 @@ from typing import Any, Dict, Tuple, Type
 
 from .configuration import PretrainedConfig
 from .errors import CheckpointError, RemoteCodeError
+from .modeling.custom_code import AUTO_MODEL_CLASSES
 
 # model_type -> (module, config class)
 _CONFIGS: Dict[str, Tuple[str, str]] = {
@@ -47,7 +48,8 @@ _MODELS: Dict[str, Dict[str, str]] = {
     "AutoModelForQuestionAnswering": {"bert": _BERT_HEADS + "BertForQuestionAnswering"},
 }
 _REGISTERED_CONFIGS: Dict[str, Type[PretrainedConfig]] = {}
-_REGISTERED_MODELS: Dict[str, Dict[type, type]] = {name: {} for name in _MODELS}
+# keyed by the table the modeling layer checks register_for_auto_class against (one list of auto class names)
+_REGISTERED_MODELS: Dict[str, Dict[type, type]] = {name: {} for name in AUTO_MODEL_CLASSES}
 _HUB_KEYS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
