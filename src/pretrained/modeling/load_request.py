@@ -21,6 +21,7 @@ import inspect
 from types import MappingProxyType
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from ..adapters.entry import split_adapter_path  # at import: a load opens no file but the checkpoint's
 from ..utils import parse_dtype
 
 __all__ = ["LOAD_OPTIONS", "NO_EFFECT_KEYWORDS", "LoadRequest", "check_model_kwargs", "pick_dtype"]
@@ -113,8 +114,6 @@ class LoadRequest:
         quantization = {key: kwargs.pop(key) for key in _QUANTIZATION if key in kwargs}
         adapter_kwargs = {key: kwargs.pop(key) for key in _ADAPTER if key in kwargs}
         dtype = pick_dtype(named.pop("torch_dtype", None), named.pop("dtype", None))
-        from ..adapters.entry import split_adapter_path  # an adapter folder: its base model, then the adapter
-
         adapter_path, name_or_path, adapter_args = split_adapter_path(name_or_path, adapter_kwargs, hub)
         return cls(name_or_path=name_or_path, model_args=tuple(model_args), hub=MappingProxyType(hub), dtype=dtype,
                    quantization=MappingProxyType(quantization), adapter_path=adapter_path,
