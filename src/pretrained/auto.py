@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 
 from .configuration import LoadedConfig, PretrainedConfig
 from .errors import CheckpointError, RemoteCodeError
+from .modeling.custom_code import AUTO_MODEL_CLASSES
 from .storage.resolve import HUB_KWARGS
 
 # model_type -> (module, config class)
@@ -49,7 +50,8 @@ _MODELS: Dict[str, Dict[str, str]] = {
     "AutoModelForQuestionAnswering": {"bert": _BERT_HEADS + "BertForQuestionAnswering"},
 }
 _REGISTERED_CONFIGS: Dict[str, Type[PretrainedConfig]] = {}
-_REGISTERED_MODELS: Dict[str, Dict[type, type]] = {name: {} for name in _MODELS}
+# keyed by the table the modeling layer checks register_for_auto_class against (one list of auto class names)
+_REGISTERED_MODELS: Dict[str, Dict[type, type]] = {name: {} for name in AUTO_MODEL_CLASSES}
 
 
 def _import_attr(module: str, name: str):
@@ -288,6 +290,10 @@ class _BaseAutoModel:
         """Load the model class that the checkpoint's config names (see
         :meth:`pretrained.PreTrainedModel.from_pretrained` for the keywords)."""
         hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        from .modeling.load_config import adopt_config, is_foreign_config
+
+        if is_foreign_config(config):  # a Transformers config object: ours of its model_type
+            config = adopt_config(config, config_class_for(str(getattr(config, "model_type", ""))), owner=cls.__name__)
         beside_weights = config is None  # then the config is read from where the weights are
         if config is None:  # an adapter folder: the config of the base model it names
             from .adapters.entry import base_of_adapter

@@ -1,10 +1,10 @@
 """`PreTrainedModel`: the base class every architecture derives from.
 
-``from_pretrained`` composes public phases — resolve files, build a skeleton,
-load tensors, initialise what is missing, tie, place — each of which lives in
-its own module (:mod:`pretrained.storage`, :mod:`pretrained.loading`,
-:mod:`pretrained.placement`).  This file holds the orchestration and the model
-surgery people call on a loaded model.
+``from_pretrained`` composes named phases over a parsed request
+(:mod:`.load_request`, :mod:`.loader`: resolve config, open weights, build the
+skeleton, plan placement, load, finish); ``save_pretrained`` lives in
+:mod:`.saving`, the surgery in :mod:`.surgery`, custom code in
+:mod:`.custom_code`.  This file holds the class people subclass and call.
 """
 
 from __future__ import annotations
@@ -13,40 +13,35 @@ import copy
 import functools
 import inspect
 import os
-import re
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import nn
 
 from ..adapters.mixin import AdapterMixin
 from ..configuration import PretrainedConfig
-from ..distributed.tensor_parallel import maybe_tensor_parallel
-from ..errors import CheckpointNotFoundError
-from ..loading import (
-    LoadReport,
-    StateDictSource,
-    build_skeleton,
-    init_enabled,
-    initialize_missing,
-    load_weights,
-)
+from ..loading import init_enabled
 from ..logging import get_logger
-from ..quantization import check_saveable, dequantize_model, quantization_of, quantizer_for_load
-from ..utils import dtype_name, parse_dtype, parse_size
-from .generation import GENERATION_CONFIG_NAME, GenerationConfig
+from ..quantization import dequantize_model, quantization_of
+from .checkpointing import GradientCheckpointingMixin, checkpoint_block
+from .custom_code import auto_class_name
+from .generation import GenerationConfig
+from .load_request import LoadRequest, pick_dtype
+from .loader import build_model, finish_loading, load_model_weights, open_weights, plan_model_placement, resolve_config
 from .mixin import ModuleUtilsMixin
 from .norms import is_rms_norm
+from .saving import deduplicate_shared_tensors, push_folder, save_model
+from .surgery import heads_to_prune_are_new, is_dispatched, refuse_if_dispatched, resize_token_embeddings, tie_would_change
+
+__all__ = ["ATTN_IMPLEMENTATIONS", "PreTrainedModel", "checkpoint_block", "deduplicate_shared_tensors"]
 
 logger = get_logger(__name__)
 
-_IGNORED_LOAD_KWARGS = ("_fast_init", "proxies", "mirror", "resume_download", "_commit_hash", "use_auth_token",
-                        "offload_buffers", "low_cpu_mem_usage")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
-class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
+class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin, GradientCheckpointingMixin):
     """Base class of all models: loading, saving, surgery and accounting.
 
     Subclasses set ``config_class``, ``base_model_prefix`` and, where they apply,
@@ -227,11 +222,19 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
     def tie_weights(self) -> None:
         """Tie the output embeddings to the input embeddings when
         ``config.tie_word_embeddings`` (a clone instead when ``config.torchscript``),
-        then run every submodule's own ``_tie_weights``."""
+        then run every submodule's own ``_tie_weights``.
+
+        Raises:
+            RuntimeError: the tie would replace a weight of a model loaded with a
+                device_map that offloads or spreads it (already tied: a no-op).
+        """
         if getattr(self.config.get_text_config(), "tie_word_embeddings", True):
             output = self.get_output_embeddings()
             if output is not None:
-                self._tie_or_clone_weights(output, self.get_input_embeddings())
+                input = self.get_input_embeddings()
+                if is_dispatched(self) and tie_would_change(output, input, torchscript=self.config.torchscript):
+                    refuse_if_dispatched(self, "tie_weights")
+                self._tie_or_clone_weights(output, input)
         for module in self.modules():
             if hasattr(module, "_tie_weights") and module is not self:
                 module._tie_weights()
@@ -284,40 +287,14 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
         Raises:
             ValueError: a size or multiple that is not a positive int.
             TypeError: the embeddings are not ``nn.Embedding`` / ``nn.Linear``.
+            RuntimeError: the model was loaded with a device_map that offloads or
+                spreads it (load it whole, resize, save, load the saved folder placed).
 
         Example:
             >>> model.resize_token_embeddings(50260, pad_to_multiple_of=64).num_embeddings
             50304
         """
-        from .surgery import resize_embedding, resize_linear_rows
-
-        old = self.get_input_embeddings()
-        if new_num_tokens is None and pad_to_multiple_of is None:
-            return old
-        if pad_to_multiple_of is not None:
-            if not isinstance(pad_to_multiple_of, int) or isinstance(pad_to_multiple_of, bool) or pad_to_multiple_of <= 0:
-                raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
-            target = old.weight.shape[0] if new_num_tokens is None else new_num_tokens
-            new_num_tokens = -(-target // pad_to_multiple_of) * pad_to_multiple_of
-        if not isinstance(new_num_tokens, int) or isinstance(new_num_tokens, bool) or new_num_tokens <= 0:
-            raise ValueError(f"new_num_tokens must be a positive int, got {new_num_tokens!r}")
-        if not isinstance(old, nn.Embedding):
-            raise TypeError(f"resize_token_embeddings needs an nn.Embedding input embedding, got {type(old).__name__}")
-        output = self.get_output_embeddings()
-        tied = output is not None and output.weight is old.weight
-        untied_head = output is not None and not tied and \
-            not getattr(self.config.get_text_config(), "tie_word_embeddings", True)
-        if untied_head and not isinstance(output, nn.Linear):
-            raise TypeError(f"resize_token_embeddings needs an nn.Linear output layer, got {type(output).__name__}")
-        std = None if mean_resizing else getattr(self.config.get_text_config(), "initializer_range", 0.02)
-        resize_embedding(old, new_num_tokens, std=std)
-        if untied_head:
-            resize_linear_rows(output, new_num_tokens, std=std)
-        self.config.get_text_config().vocab_size = new_num_tokens
-        if hasattr(self, "vocab_size"):
-            self.vocab_size = new_num_tokens
-        self.tie_weights()
-        return self.get_input_embeddings()
+        return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
 
     # ------------------------------------------------------------ pruning
     def prune_heads(self, heads_to_prune: Dict[int, List[int]]) -> None:
@@ -325,7 +302,13 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
 
         The union with earlier pruning is recorded in ``config.pruned_heads`` so a
         saved checkpoint re-applies it when loaded.
+
+        Raises:
+            RuntimeError: new heads to prune on a model loaded with a device_map that
+                offloads or spreads it (prune it loaded whole, save, load placed).
         """
+        if heads_to_prune_are_new(heads_to_prune, self.config.pruned_heads):
+            refuse_if_dispatched(self, "prune_heads")
         before = set(self.modules())  # the objects themselves: ids of dropped modules get reused
         self._apply_head_pruning(heads_to_prune)
         # The new, smaller projections hold the kept rows of the old weights.
@@ -342,73 +325,6 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
                 union = set(self.config.pruned_heads.get(layer, [])) | set(heads)
                 self.config.pruned_heads[layer] = sorted(union)
         base._prune_heads({layer: heads for layer, heads in request.items() if heads})
-
-    # ------------------------------------------------------------ gradient checkpointing
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[Dict[str, Any]] = None) -> None:
-        """Recompute each block's activations in the backward pass instead of storing them.
-
-        Blocks are checkpointed through their ``__call__`` and recomputed to the
-        end (forward hooks fire again during the recompute; see
-        :func:`checkpoint_block`) with ``use_reentrant=False`` unless
-        ``gradient_checkpointing_kwargs`` says otherwise.  It is active only in
-        training mode with gradients enabled; GPT-2 then turns ``use_cache`` off.
-        With ``use_reentrant=True`` the input embeddings' output is made to
-        require grad, so frozen embeddings still let gradients reach the blocks.
-
-        Example:
-            >>> model.gradient_checkpointing_enable()
-            >>> model.is_gradient_checkpointing
-            True
-        """
-        if not self.supports_gradient_checkpointing:
-            raise ValueError(f"{type(self).__name__} does not support gradient checkpointing.")
-        kwargs = {"use_reentrant": False}
-        kwargs.update(gradient_checkpointing_kwargs or {})
-        checkpoint = functools.partial(checkpoint_block, **kwargs)
-        self._set_gradient_checkpointing(True, checkpoint)
-        if kwargs.get("use_reentrant") or self._hf_peft_config_loaded:  # frozen embeddings under an adapter
-            self.enable_input_require_grads()
-
-    def gradient_checkpointing_disable(self) -> None:
-        if self.supports_gradient_checkpointing:
-            self._set_gradient_checkpointing(False, None)
-        if getattr(self, "_require_grads_hook", None) is not None:
-            self.disable_input_require_grads()
-
-    def _set_gradient_checkpointing(self, enable: bool, checkpoint_fn) -> None:
-        found = False
-        for module in self.modules():
-            if hasattr(module, "gradient_checkpointing"):
-                module.gradient_checkpointing = enable
-                if checkpoint_fn is not None:
-                    module._gradient_checkpointing_func = checkpoint_fn
-                found = True
-        if not found:
-            raise ValueError(
-                f"{type(self).__name__} is not compatible with gradient checkpointing: no module has a "
-                "`gradient_checkpointing` attribute"
-            )
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
-
-    def enable_input_require_grads(self) -> None:
-        """Make the input embeddings' output require grad (needed by reentrant checkpointing
-        when the embeddings are frozen)."""
-
-        def hook(module, inputs, output):
-            if torch.is_grad_enabled() and not output.requires_grad:
-                output.requires_grad_(True)
-
-        self.disable_input_require_grads()
-        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(hook)
-
-    def disable_input_require_grads(self) -> None:
-        handle = getattr(self, "_require_grads_hook", None)
-        if handle is not None:
-            handle.remove()
-            self._require_grads_hook = None
 
     # ------------------------------------------------------------ padding warning
     def warn_if_padding_and_no_attention_mask(self, input_ids: Optional[torch.Tensor], attention_mask) -> None:
@@ -462,13 +378,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
         Raises:
             ValueError: not an auto model class.
         """
-        from .. import auto as auto_module
-
-        if not isinstance(auto_class, str):
-            auto_class = auto_class.__name__
-        if not hasattr(auto_module, auto_class) or not auto_class.startswith("AutoModel"):
-            raise ValueError(f"{auto_class} is not a valid auto class.")
-        cls._auto_class = auto_class
+        cls._auto_class = auto_class_name(auto_class)
 
     # ------------------------------------------------------------ quantization
     @property
@@ -505,7 +415,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
         ``attn_implementation`` accepted)."""
         from ..loading import default_dtype
 
-        dtype = _pick_dtype(kwargs.pop("torch_dtype", None), kwargs.pop("dtype", None))
+        dtype = pick_dtype(kwargs.pop("torch_dtype", None), kwargs.pop("dtype", None))
         dtype = None if dtype == "auto" else dtype
         attn = kwargs.pop("attn_implementation", None)
         config = copy.deepcopy(config)
@@ -561,125 +471,43 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
             output_loading_info: also return ``{"missing_keys", "unexpected_keys",
                 "mismatched_keys", "error_msgs"}``.
             ignore_mismatched_sizes: keep fresh weights where shapes differ.
-            device_map / max_memory / offload_folder / offload_state_dict: placement
-                (see :mod:`pretrained.placement`).
+            device_map / max_memory / offload_folder: placement (see :mod:`pretrained.placement`).
+            offload_buffers (kwarg): offload the persistent buffers of offloaded
+                modules with them, as Accelerate does (default: buffers stay where
+                their module runs).
+            offload_state_dict / low_cpu_mem_usage: accepted, no effect (the load
+                is always low-memory; see ``docs/placement.md``).
             attn_implementation: ``"eager"`` or ``"sdpa"``.
+            trust_remote_code: accepted; a concrete class runs no remote code.
             verify (kwarg): check the SHA-256 checksums saved with ``checksums=True``
                 before reading any tensor; a corrupt file is a ``CheckpointError``
                 naming it; a checkpoint without checksums loads with a warning.
+            state_dict / quantization_config / load_in_8bit / load_in_4bit / tp_plan /
+                device_mesh / subfolder / adapter_name / adapter_kwargs (kwargs): see
+                :class:`~pretrained.modeling.load_request.LoadRequest`.
             **kwargs: config overrides (when ``config`` is not an object), then
-                arguments of the model's ``__init__``; ``state_dict=`` loads from a dict.
+                arguments of the model's ``__init__``; any other keyword is a ``TypeError``.
 
         Raises:
             CheckpointNotFoundError: no config or weights where asked.
             CheckpointError / UnsafeCheckpointError: a malformed or hostile file.
             WeightsMismatchError: shapes differ and ``ignore_mismatched_sizes`` is False.
+            ValueError: on the bare ``PreTrainedModel`` (use the concrete class or an auto class).
+            TypeError: a keyword nothing takes, or a ``config=`` of another model type.
         """
-        if kwargs.pop("from_tf", False) or kwargs.pop("from_flax", False):
-            raise ValueError("TensorFlow and Flax checkpoints are not supported; convert them to safetensors first")
-        for key in _IGNORED_LOAD_KWARGS:
-            kwargs.pop(key, None)
-        state_dict = kwargs.pop("state_dict", None)
-        verify = kwargs.pop("verify", False)
-        quant_kwargs = {k: kwargs.pop(k) for k in ("quantization_config", "load_in_8bit", "load_in_4bit") if k in kwargs}
-        tp_plan, device_mesh = kwargs.pop("tp_plan", None), kwargs.pop("device_mesh", None)
-        subfolder = kwargs.pop("subfolder", "")
-        hub = dict(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only,
-                   token=token, revision=revision, subfolder=subfolder)
-        requested_dtype = _pick_dtype(torch_dtype, dtype)
-        from ..adapters.entry import split_adapter_path  # an adapter folder: its base model, then the adapter
-
-        adapter_path, pretrained_model_name_or_path, adapter_args = split_adapter_path(
-            pretrained_model_name_or_path, kwargs, hub)
-
-        # 1. config
-        config_read = kwargs.pop("_config_read", None)  # (config.json content, overrides), from AutoModel*
-        if not isinstance(config, PretrainedConfig):
-            source = config if config is not None else pretrained_model_name_or_path
-            if source is None:
-                raise ValueError("from_pretrained needs a path or repo id, or both config= and state_dict=")
-            beside_weights = config is None  # then checked against the folder the weights are opened from
-            config_class = cls.config_class or PretrainedConfig
-            config, model_kwargs, raw = config_class._load_pretrained(source, **hub, **kwargs)
-            if beside_weights:
-                config_read = (raw, {k: v for k, v in kwargs.items() if k not in model_kwargs})
-        else:
-            config = copy.deepcopy(config)
-            model_kwargs = kwargs
-        if pretrained_model_name_or_path is not None:
-            config.name_or_path = os.fspath(pretrained_model_name_or_path)
-        if attn_implementation is not None:
-            config._attn_implementation = attn_implementation
-
-        # 2. weights
-        if state_dict is not None:
-            checkpoint = None
-            source = StateDictSource(state_dict)
-        else:
-            if pretrained_model_name_or_path is None:
-                raise ValueError("from_pretrained needs a path or repo id when no state_dict= is given")
-            from ..storage.checkpoint import Checkpoint
-            from ..storage.resolve import resolve_checkpoint
-
-            resolved = resolve_checkpoint(
-                pretrained_model_name_or_path, variant=variant, use_safetensors=use_safetensors, **hub
-            )
-            checkpoint = Checkpoint(resolved, verify=verify)
-            source = checkpoint
-            config = _config_matching_weights(config, checkpoint, config_read)
-
-        try:
-            # 3. dtype and skeleton
-            target_dtype = _resolve_dtype(requested_dtype, config, source)
-            if target_dtype is not None:
-                config.torch_dtype = dtype_name(target_dtype)
-            model = build_skeleton(cls, config, *model_args, dtype=target_dtype or torch.float32, **model_kwargs)
-            quantizer = quantizer_for_load(quant_kwargs, config, target_dtype)
-            if quantizer is not None:  # quantized linears in the skeleton; tensors quantized as they stream in
-                quantizer.prepare(model, source)
-                source = quantizer.wrap(source)
-            if quantizer is not None and (tp_plan is not None or device_mesh is not None):
-                raise ValueError("quantization_config cannot be combined with tp_plan/device_mesh yet: "
-                                 "load the quantized model in one process, or the full-precision one with tp_plan")
-            tp, source = maybe_tensor_parallel(model, source, tp_plan=tp_plan, device_mesh=device_mesh,
-                                               device_map=device_map)  # (None, source) unless tp_plan/device_mesh
-
-            # 4. load, initialise what is missing, tie
-            from ..placement import plan_placement
-
-            placement = plan_placement(
-                model, device_map=device_map, max_memory=max_memory, offload_folder=offload_folder,
-                offload_state_dict=offload_state_dict, dtype=target_dtype, checkpoint=checkpoint,
-            )
-            report = load_weights(
-                model, source, ignore_mismatched_sizes=ignore_mismatched_sizes,
-                device_for=placement.device_for if placement is not None else getattr(tp, "device_for", None),
-                offload=getattr(placement, "offload", None),
-            )
-            _warn_untied(model, report)
-            initialize_missing(model, report)
-            model._mark_initialized()  # loaded or just initialised: a later post_init() keeps them
-            model.tie_weights()
-            if quantizer is not None:
-                quantizer.finalize(model)
-            if tp is not None:
-                tp.finish(model)
-            if placement is not None:
-                placement.place(model, source)
-        finally:
-            if checkpoint is not None:
-                checkpoint.close()
-
-        model.eval()
-        if adapter_path is not None:
-            model.load_adapter(adapter_path, **adapter_args)
-        if model.can_generate():
-            model.generation_config = _load_generation_config(
-                config, pretrained_model_name_or_path, checkpoint.resolved.folder if checkpoint else None, hub)
-        _log_report(model, report, pretrained_model_name_or_path)
-        if output_loading_info:
-            return model, report.as_dict()
-        return model
+        named = dict(config=config, cache_dir=cache_dir, ignore_mismatched_sizes=ignore_mismatched_sizes,
+                     force_download=force_download, local_files_only=local_files_only, token=token, revision=revision,
+                     use_safetensors=use_safetensors, torch_dtype=torch_dtype, dtype=dtype, device_map=device_map,
+                     max_memory=max_memory, offload_folder=offload_folder, offload_state_dict=offload_state_dict,
+                     low_cpu_mem_usage=low_cpu_mem_usage, variant=variant, output_loading_info=output_loading_info,
+                     trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+        request = LoadRequest.parse(pretrained_model_name_or_path, model_args, named, kwargs)
+        config, model_kwargs, config_read = resolve_config(cls, request)
+        with open_weights(request, config, config_read) as weights:
+            built = build_model(cls, request, weights, model_kwargs)
+            placement = plan_model_placement(request, weights, built)
+            report = load_model_weights(request, weights, built, placement)
+        return finish_loading(request, built.model, report, weights.folder)
 
     # ------------------------------------------------------------ saving
     def save_pretrained(
@@ -716,58 +544,18 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
             durable (kwarg): fsync every file and folder before the swap, so the save
                 also survives a power loss (slower: it waits for the disk). Without it
                 the save is still atomic for readers and for a killed process.
+
+        ``self.config`` is left as it is: ``config.json`` is written from a copy.
+
+        Raises:
+            TypeError: a keyword other than those above and ``push_to_hub``'s
+                (``repo_id``, ``commit_message``, ``private``, ``create_pr``, ``revision``).
+            ValueError: ``save_directory`` is a file; a malformed ``max_shard_size``.
         """
-        from ..storage.writer import save_checkpoint
-
-        checksums = kwargs.pop("checksums", False)
-        durable = kwargs.pop("durable", False)
-        check_saveable(self, safe_serialization=safe_serialization)
-        if os.path.isfile(save_directory):
-            raise ValueError(f"save_directory {os.fspath(save_directory)!r} is a file, not a folder")
-        if state_dict is None and any(type(p).__name__ == "DTensor" for p in self.parameters()):
-            from ..distributed.save import save_distributed  # tensor-parallel / FSDP2: gathered tensor by tensor
-
-            return save_distributed(self, save_directory, is_main_process=is_main_process, save_function=save_function,
-                                    push_to_hub=push_to_hub, max_shard_size=max_shard_size,
-                                    safe_serialization=safe_serialization, variant=variant, token=token,
-                                    checksums=checksums, durable=durable, **kwargs)
-        if not is_main_process:
-            return
-        limit = parse_size(max_shard_size, name="max_shard_size")
-
-        config = self.config
-        config.torch_dtype = dtype_name(self.dtype)
-        config.architectures = [type(self).__name__]
-        extra_files: Dict[str, Union[str, bytes]] = {}
-        if self._hf_peft_config_loaded:  # only the adapter is saved, in PEFT's layout (as Transformers does)
-            extra_files.update(self._adapter_save_files(save_peft_format=save_peft_format, save_function=save_function,
-                                                        safe_serialization=safe_serialization))
-        if self._auto_class is not None:
-            extra_files.update(_custom_code_files(self, config))
-        if not self._hf_peft_config_loaded:
-            extra_files["config.json"] = config.to_json_string()
-        if self.can_generate() and self.generation_config is not None:
-            extra_files[GENERATION_CONFIG_NAME] = self.generation_config.to_json_string()
-        if self._hf_peft_config_loaded:
-            save_checkpoint(save_directory, None, extra_files=extra_files, durable=durable)
-            return self._push_folder(save_directory, token=token, **kwargs) if push_to_hub else None
-
-        if state_dict is None:
-            state_dict = self.state_dict()
-            placement = self.__dict__.get("_placement")
-            if placement is not None:  # offloaded weights are read back one at a time while writing
-                state_dict = placement.offloaded_state_dict(state_dict, self._tied_weight_patterns())
-        for key in self._keys_to_ignore_on_save or []:
-            state_dict.pop(key, None)
-        state_dict = deduplicate_shared_tensors(state_dict, self._tied_weight_patterns())
-
-        save_checkpoint(
-            save_directory, state_dict, max_shard_size=limit, safe_serialization=safe_serialization,
-            variant=variant, save_function=save_function, extra_files=extra_files,
-            index_metadata={"total_parameters": self.num_parameters()}, checksums=checksums, durable=durable,
-        )
-        if push_to_hub:
-            self._push_folder(save_directory, token=token, **kwargs)
+        return save_model(self, save_directory, is_main_process=is_main_process, state_dict=state_dict,
+                          save_function=save_function, push_to_hub=push_to_hub, max_shard_size=max_shard_size,
+                          safe_serialization=safe_serialization, variant=variant, token=token,
+                          save_peft_format=save_peft_format, **kwargs)
 
     def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload model", private: Optional[bool] = None,
                     token=None, max_shard_size: Union[int, str] = "5GB", safe_serialization: bool = True,
@@ -782,43 +570,11 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin):
                                      token=token, create_pr=create_pr, revision=revision)
 
     @staticmethod
-    def _push_folder(folder, *, repo_id: Optional[str] = None, token=None, commit_message: str = "Upload model",
-                     private: Optional[bool] = None, create_pr: bool = False, revision: Optional[str] = None,
-                     **_: Any):
-        from huggingface_hub import HfApi
-
-        repo_id = repo_id or os.path.basename(os.path.normpath(os.fspath(folder)))
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.upload_folder(repo_id=repo_id, folder_path=os.fspath(folder), commit_message=commit_message,
-                                 create_pr=create_pr, revision=revision)
+    def _push_folder(folder, **kwargs: Any):
+        return push_folder(folder, **kwargs)
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def checkpoint_block(function, *args, use_reentrant: bool = False, **kwargs):
-    """:func:`torch.utils.checkpoint.checkpoint` that recomputes the whole block.
-
-    Non-reentrant checkpointing stops a recompute as soon as the tensors the
-    backward needs are back ("early stop"), so a block's forward hooks — the
-    ones that offload weights again after a forward, or that users register —
-    would never run during the recompute.  Blocks are passed as their
-    ``__call__``; recomputing them to the end keeps every hook balanced.
-    ``early_stop=`` in ``gradient_checkpointing_kwargs`` overrides this.
-    """
-    from torch.utils import checkpoint as torch_checkpoint
-
-    if not use_reentrant and _has_early_stop():
-        kwargs.setdefault("early_stop", False)
-    return torch_checkpoint.checkpoint(function, *args, use_reentrant=use_reentrant, **kwargs)
-
-
-@functools.lru_cache(maxsize=None)
-def _has_early_stop() -> bool:
-    from torch.utils import checkpoint as torch_checkpoint
-
-    return "early_stop" in inspect.signature(torch_checkpoint.checkpoint).parameters
 
 
 def _is_compiling() -> bool:
@@ -830,200 +586,3 @@ def _is_fx_proxy(value: Any) -> bool:
     """True for a ``torch.fx`` proxy (symbolic tracing), without importing torch.fx."""
     fx = sys.modules.get("torch.fx")
     return fx is not None and isinstance(value, fx.Proxy)
-
-
-def _config_matching_weights(config: PretrainedConfig, checkpoint, config_read) -> PretrainedConfig:
-    """The config of the folder the weights were opened from.
-
-    ``config.json`` is read before the weights; a save that swapped the folder
-    in between would pair one version's config with another's weights. When the
-    held folder's ``config.json`` differs from the one read (``config_read``: its
-    content and the overrides; None for a config the caller chose), it is
-    rebuilt from the held folder with the same overrides.
-    """
-    if config_read is None:
-        return config
-    read, overrides = config_read
-    current = checkpoint.read_config()
-    if current is None or current == read:
-        return config
-    logger.info("config.json of %s changed while loading; using the one beside the weights", config.name_or_path)
-    rebuilt, _ = type(config)._from_file_dict(current, checkpoint.resolved.folder, **overrides)
-    rebuilt.name_or_path = config.name_or_path
-    rebuilt._attn_implementation = config._attn_implementation
-    return rebuilt
-
-
-def _pick_dtype(torch_dtype, dtype):
-    if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
-        raise ValueError(f"torch_dtype={torch_dtype!r} and dtype={dtype!r} disagree; pass one of them")
-    chosen = dtype if dtype is not None else torch_dtype
-    return parse_dtype(chosen, name="torch_dtype") if chosen is not None else None
-
-
-def _resolve_dtype(requested, config: PretrainedConfig, source) -> Optional[torch.dtype]:
-    """float32 by default; ``"auto"``: the config's dtype, else the checkpoint's first floating tensor."""
-    if requested is None:
-        return torch.float32
-    if requested != "auto":
-        return requested
-    if config.torch_dtype is not None:
-        try:
-            return parse_dtype(config.torch_dtype, name="config.torch_dtype", allow_auto=False)
-        except ValueError:
-            logger.warning("config dtype %r is not a floating dtype; reading it from the weights", config.torch_dtype)
-    metadata = getattr(source, "metadata", None) or {}
-    if isinstance(metadata, dict) and isinstance(metadata.get("dtype"), str):
-        try:
-            return parse_dtype(metadata["dtype"], allow_auto=False)
-        except ValueError:
-            pass
-    first = None
-    for name in source.keys():
-        tensor_dtype, _ = source.dtype_shape(name)
-        first = first or tensor_dtype
-        if tensor_dtype.is_floating_point and tensor_dtype.itemsize >= 2:
-            return tensor_dtype
-    return first if first is not None and first.is_floating_point else torch.float32
-
-
-def _warn_untied(model: PreTrainedModel, report: LoadReport) -> None:
-    for names in report.untied_keys:
-        logger.warning(
-            "The checkpoint holds different values for the tied weights %s; loading them as they are, untied "
-            "(config.tie_word_embeddings set to False).", ", ".join(names),
-        )
-        model.config.tie_word_embeddings = False
-
-
-def _log_report(model: PreTrainedModel, report: LoadReport, where) -> None:
-    name = type(model).__name__
-    if report.unexpected_keys:
-        logger.warning(
-            "Some weights of the model checkpoint at %s were not used when initializing %s: %s",
-            where, name, sorted(report.unexpected_keys),
-        )
-    if report.missing_keys:
-        logger.warning(
-            "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
-            "initialized: %s\nYou should probably TRAIN this model on a down-stream task to be able to use it "
-            "for predictions and inference.", name, where, sorted(report.missing_keys),
-        )
-    if report.mismatched_keys:
-        details = "\n".join(f"- {k}: found shape {a} in the checkpoint and {b} in the model instantiated"
-                            for k, a, b in report.mismatched_keys)
-        logger.warning("Some weights of %s were not initialized from the model checkpoint at %s and are newly "
-                       "initialized because the shapes did not match:\n%s", name, where, details)
-
-
-def deduplicate_shared_tensors(state_dict: Dict[str, torch.Tensor], tied_patterns: Sequence[str]) -> Dict[str, torch.Tensor]:
-    """Make a state dict storable in safetensors (which forbids aliasing).
-
-    Declared ties (names matching ``tied_patterns``) are stored once; any other
-    tensors that share memory — disjoint views of one buffer, or undeclared
-    aliases — are saved as separate copies, never dropped.
-    """
-    groups: Dict[Tuple, List[str]] = {}
-    for name, tensor in state_dict.items():
-        if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta" or tensor.numel() == 0:
-            continue
-        storage = tensor.untyped_storage()
-        groups.setdefault((tensor.device, storage.data_ptr(), storage.nbytes()), []).append(name)
-    result = dict(state_dict)
-    for names in groups.values():
-        if len(names) < 2:
-            continue
-        views: Dict[Tuple, List[str]] = {}
-        for name in names:
-            t = state_dict[name]
-            views.setdefault((t.storage_offset(), tuple(t.shape), t.stride(), t.dtype), []).append(name)
-        first_view = True
-        for same in views.values():
-            declared = [n for n in sorted(same) if any(re.search(p, n) for p in tied_patterns)]
-            keep = [n for n in same if n not in declared] or [same[0]]
-            for n in same:
-                if n not in keep:
-                    del result[n]
-            for i, n in enumerate(keep):
-                if not (first_view and i == 0):
-                    result[n] = state_dict[n].detach().clone()
-            first_view = False
-    return result
-
-
-def _load_generation_config(config: PretrainedConfig, name_or_path, folder: Optional[str],
-                            hub: Dict[str, Any]) -> GenerationConfig:
-    """``generation_config.json`` of ``folder`` (where the weights came from) or, when that
-    has none, of ``name_or_path`` (a Hub repo id); else the config's token ids.
-
-    A missing file is normal; an unreadable one is logged and skipped.
-    """
-    if name_or_path is not None:
-        local = folder is not None and os.path.isfile(os.path.join(folder, GENERATION_CONFIG_NAME))
-        try:
-            if local:
-                return GenerationConfig.from_pretrained(folder)
-            return GenerationConfig.from_pretrained(name_or_path, **hub)
-        except CheckpointNotFoundError:
-            pass
-        except ValueError as err:  # CheckpointError too
-            logger.warning("Ignoring the generation_config.json of %s (%s); generate() uses the token ids of "
-                           "config.json", name_or_path, err)
-    return GenerationConfig.from_model_config(config)
-
-
-def _custom_code_files(model: PreTrainedModel, config: PretrainedConfig) -> Dict[str, str]:
-    """Source files of a registered custom model (and config) class, the files
-    they import relatively (``from .layers import X``), and the ``auto_map`` entry.
-
-    Returns:
-        ``{file name: source}`` to write beside the checkpoint; ``config.auto_map``
-        is updated in place (``{"AutoConfig": "module.Class", "AutoModel...": ...}``).
-    """
-    files: Dict[str, str] = {}
-    auto_map = dict(getattr(config, "auto_map", None) or {})
-    library = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    entries = [(type(model), type(model)._auto_class)]
-    config_auto = getattr(type(config), "_auto_class", None)
-    config_path = inspect.getsourcefile(type(config))
-    if config_auto is None and "AutoConfig" not in auto_map and config_path and \
-            not os.path.abspath(config_path).startswith(library + os.sep):
-        config_auto = "AutoConfig"  # a custom config must travel with a custom model
-    entries.insert(0, (type(config), config_auto))
-    for obj, auto_name in entries:
-        if auto_name is None:
-            continue
-        path = inspect.getsourcefile(obj)
-        if path is None:
-            raise ValueError(f"cannot find the source file of {obj.__name__} to save beside the checkpoint")
-        for name, source in _module_files(path).items():
-            files[name] = source
-        stem = os.path.splitext(os.path.basename(path))[0]
-        auto_map[auto_name] = f"{stem}.{obj.__name__}"
-    config.auto_map = auto_map
-    return files
-
-
-def _module_files(path: str) -> Dict[str, str]:
-    """``path``'s source and, recursively, the sibling files it imports relatively."""
-    import ast
-
-    files: Dict[str, str] = {}
-    pending = [os.path.abspath(path)]
-    while pending:
-        current = pending.pop()
-        name = os.path.basename(current)
-        if name in files:
-            continue
-        with open(current, "r", encoding="utf-8") as f:
-            files[name] = f.read()
-        folder = os.path.dirname(current)
-        for node in ast.walk(ast.parse(files[name], filename=current)):
-            if not isinstance(node, ast.ImportFrom) or node.level != 1:
-                continue
-            modules = [node.module] if node.module else [alias.name for alias in node.names]
-            for module in modules:
-                candidate = os.path.join(folder, module.split(".")[0] + ".py")
-                if os.path.isfile(candidate):
-                    pending.append(candidate)
-    return files

@@ -17,7 +17,9 @@ Buffers always live on their module's execution device.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
@@ -124,6 +126,8 @@ class Placement:
         main_device: where ``cpu``/``disk`` modules execute.
         offload_folder: where converted disk tensors are written (``None``: not allowed to write).
         hf_device_map: what ``model.hf_device_map`` will hold.
+        offload_buffers: offload the persistent buffers of offloaded modules too
+            (default: buffers live on their module's execution device).
 
     Raises:
         DeviceMapError: when ``device_map`` leaves a tensor uncovered.
@@ -131,13 +135,17 @@ class Placement:
 
     def __init__(self, model: nn.Module, device_map: Mapping[str, Device], *, main_device: Device,
                  offload_folder: Optional[Union[str, os.PathLike]] = None,
-                 hf_device_map: Optional[Dict[str, Device]] = None) -> None:
+                 hf_device_map: Optional[Dict[str, Device]] = None, offload_buffers: bool = False) -> None:
         self.device_map = dict(device_map)
         self.main_device = main_device
         self.offload_folder = os.fspath(offload_folder) if offload_folder is not None else None
         self.hf_device_map = dict(hf_device_map if hf_device_map is not None else device_map)
         names = list(dict.fromkeys(name for name, *_ in _named_tensors(model)))
-        self.parameter_names: Set[str] = {name for name, _, _, is_param, _ in _named_tensors(model) if is_param}
+        # the tensors kept where the map says (else on their module's execution device): the parameters,
+        # and with offload_buffers the persistent buffers too (offloaded with their module, as Accelerate does)
+        self.parameter_names: Set[str] = {
+            name for name, module, attr, is_param, _ in _named_tensors(model)
+            if is_param or (offload_buffers and attr not in module._non_persistent_buffers_set)}
         self.tensor_devices: Dict[str, Device] = resolve_device_map(self.device_map, names)
         self.disk: Dict[str, DiskTensor] = {}
         self.reader = DiskReader()
@@ -250,7 +258,7 @@ class Placement:
 
     def _home(self, name: str, is_parameter: bool) -> Device:
         device = self.tensor_devices[name]
-        if not is_parameter:
+        if name not in self.parameter_names:
             return hf_device(self.execution_device(device))
         if device == "disk" and name not in self.disk:
             return "cpu"  # an initialised tensor kept in RAM (see _settle)
@@ -258,9 +266,10 @@ class Placement:
 
     def _settle(self, members: List[Tuple[str, nn.Module, str, bool, torch.Tensor]]) -> torch.Tensor:
         """Put one tensor (all of its names) at its home; returns the object now in the model."""
-        name, _, _, is_parameter, tensor = members[0]
+        name, _, _, _, tensor = members[0]
         device = self.tensor_devices[name]
-        if is_parameter and device == "disk":
+        offloadable = name in self.parameter_names
+        if offloadable and device == "disk":
             if name not in self.disk:
                 if tensor.device.type == "meta":
                     raise DeviceMapError(f"{name} is on the meta device but was never offloaded")
@@ -274,7 +283,7 @@ class Placement:
             if tensor.device.type != "meta":
                 return self._replace(members, torch.empty(tensor.shape, dtype=tensor.dtype, device="meta"))
             return tensor
-        target = self.execution_device(device) if not is_parameter else torch_device(device)
+        target = self.execution_device(device) if not offloadable else torch_device(device)
         return self._move(members, target)
 
     def _move(self, members, device: torch.device) -> torch.Tensor:
@@ -337,12 +346,8 @@ class Placement:
         return fetches
 
     def _disk_loader(self, entry: DiskTensor, execution: torch.device):
-        reader = self.reader
-
-        def load(original: torch.Tensor) -> torch.Tensor:
-            return reader.read(entry, execution)
-
-        return load
+        # a partial, not a closure: copy.deepcopy of the model then gives the hooks the copy's reader
+        return functools.partial(_read_entry, self.reader, entry, execution)
 
     # ------------------------------------------------------------ after loading
 
@@ -367,14 +372,13 @@ class Placement:
                              tied_patterns: Sequence[str] = ()) -> Dict[str, Any]:
         """``state_dict`` with every disk tensor replaced by a lazy entry read when written.
 
-        Names of one disk tensor are stored once: the declared tied names
-        (matching ``tied_patterns``) are dropped in favour of the others.
+        Names of one disk tensor are stored as :func:`stored_tied_names` says:
+        the declared tied names (matching ``tied_patterns``) are dropped in favour
+        of the others, each of which is read and written on its own.
 
         Returns:
             name -> tensor or :class:`~pretrained.storage.writer.LazyTensor`.
         """
-        import re
-
         from ..storage.writer import LazyTensor
 
         result: Dict[str, Any] = {}
@@ -387,10 +391,7 @@ class Placement:
             seen.setdefault(id(entry), []).append(name)
             result[name] = LazyTensor(entry.target_dtype, tuple(entry.shape), _reader_of(self.reader, entry))
         for names in seen.values():
-            if len(names) < 2:
-                continue
-            declared = [n for n in names if any(re.search(p, n) for p in tied_patterns)]
-            keep = [n for n in names if n not in declared][:1] or names[:1]
+            keep = stored_tied_names(names, tied_patterns)
             for name in names:
                 if name not in keep:
                     del result[name]
@@ -401,6 +402,25 @@ class Placement:
         remove_hooks(self.hooks)
         self.hooks.clear()
         self.reader.close()
+
+
+def _read_entry(reader: DiskReader, entry: DiskTensor, execution: torch.device, original: torch.Tensor):
+    return reader.read(entry, execution)
+
+
+def stored_tied_names(names: Sequence[str], tied_patterns: Sequence[str]) -> List[str]:
+    """Which names of one shared tensor a checkpoint stores.
+
+    Names matching a declared tie (``tied_patterns``, regexes searched in each
+    name) are left out, as they are re-tied on load; every other name is
+    stored (the caller copies the extra ones). When all are declared, the first is kept.
+
+    Example:
+        >>> stored_tied_names(["transformer.wte.weight", "lm_head.weight"], ["lm_head"])
+        ['transformer.wte.weight']
+    """
+    kept = [name for name in names if not any(re.search(p, name) for p in tied_patterns)]
+    return kept or list(names[:1])
 
 
 def _mover(execution: torch.device):
@@ -432,7 +452,7 @@ def _main_of(devices) -> Device:
 
 
 def plan_placement(model: nn.Module, *, device_map=None, max_memory=None, offload_folder=None,
-                   offload_state_dict=None, dtype=None, checkpoint=None):
+                   offload_state_dict=None, dtype=None, checkpoint=None, offload_buffers=False):
     """Turn ``from_pretrained``'s placement arguments into a placement, before loading.
 
     Args:
@@ -448,6 +468,10 @@ def plan_placement(model: nn.Module, *, device_map=None, max_memory=None, offloa
         dtype: the target dtype (the skeleton already has it; unused).
         checkpoint: the :class:`~pretrained.storage.checkpoint.Checkpoint`, or ``None``
             for a ``state_dict=`` load.
+        offload_buffers: persistent buffers of modules on ``"disk"`` (or in CPU RAM
+            under a GPU) are offloaded with them and brought in per forward, as
+            Accelerate's ``offload_buffers=True`` does; by default they live where
+            their module runs.
 
     Returns:
         ``None`` (no device_map), a :class:`SingleDevicePlacement`, or a :class:`Placement`.
@@ -480,7 +504,8 @@ def plan_placement(model: nn.Module, *, device_map=None, max_memory=None, offloa
     if len(devices) == 1 and "disk" not in devices:
         (only,) = devices
         return SingleDevicePlacement(torch_device(only), hf_map)
-    placement = Placement(model, device_map, main_device=main, offload_folder=offload_folder, hf_device_map=hf_map)
+    placement = Placement(model, device_map, main_device=main, offload_folder=offload_folder, hf_device_map=hf_map,
+                          offload_buffers=bool(offload_buffers))
     _check_disk_source(placement, checkpoint, offload_folder)
     return placement
 
@@ -519,5 +544,6 @@ __all__ = [
     "check_available",
     "hf_device",
     "plan_placement",
+    "stored_tied_names",
     "torch_device",
 ]

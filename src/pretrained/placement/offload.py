@@ -228,6 +228,15 @@ class DiskReader:
             if own:
                 os.close(fd)
 
+    def __deepcopy__(self, memo) -> "DiskReader":
+        """A reader of its own (``copy.deepcopy`` of an offloaded model): the pinned files
+        duplicated (same open files, so the copy sees what this reader sees), a new lock."""
+        copied = DiskReader()
+        with self._lock:
+            copied._fds = {path: os.dup(fd) for path, fd in self._fds.items()}
+        memo[id(self)] = copied
+        return copied
+
     def close(self) -> None:
         """Close every file descriptor (later reads reopen them by path)."""
         with self._lock:
