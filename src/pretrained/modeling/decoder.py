@@ -35,7 +35,8 @@ from .activations import ACT2FN
 from .attention import attention, packed_sequence_mask
 from .base import PreTrainedModel
 from .cache import DynamicCache, as_cache
-from .generation import GenerationMixin, causal_lm_loss
+from .generation import GenerationMixin
+from .losses import causal_lm_loss
 from .heads import last_token_pooling, sequence_classification_loss
 from .norms import RMSNorm
 from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutputWithPast

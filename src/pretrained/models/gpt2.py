@@ -36,7 +36,8 @@ from ..modeling.activations import ACT2FN
 from ..modeling.attention import attention, causal_mask, find_pruneable_heads_and_indices, packed_sequence_mask
 from ..modeling.base import PreTrainedModel
 from ..modeling.cache import DynamicCache, as_cache
-from ..modeling.generation import GenerationMixin, causal_lm_loss
+from ..modeling.generation import GenerationMixin
+from ..modeling.losses import causal_lm_loss
 from ..modeling.heads import last_token_pooling, sequence_classification_loss
 from ..modeling.outputs import (BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions,
                                 SequenceClassifierOutputWithPast)
