@@ -98,7 +98,7 @@ def check_new_options(settings: Dict[str, Any], *, streamer: Any, stopping_crite
 
     Raises:
         ValueError: a bad ``min_p`` / ``no_repeat_ngram_size``, a streamer without ``put``/``end``.
-        NotImplementedError: a streamer, stopping criteria or ``return_dict_in_generate`` with beam search.
+        NotImplementedError: a streamer or stopping criteria with beam search.
     """
     min_p, ngram = settings.get("min_p"), settings.get("no_repeat_ngram_size")
     if min_p is not None and (isinstance(min_p, bool) or not isinstance(min_p, (int, float)) or not 0 <= min_p <= 1):
@@ -111,8 +111,7 @@ def check_new_options(settings: Dict[str, Any], *, streamer: Any, stopping_crite
     if stopping_criteria is not None and any(not callable(c) for c in stopping_criteria):
         raise ValueError("stopping_criteria must be a list of callables (input_ids, scores) -> bool tensor")
     if settings["num_beams"] > 1:
-        for name, value in (("streamer", streamer), ("stopping_criteria", stopping_criteria or None),
-                            ("return_dict_in_generate", settings.get("return_dict_in_generate") or None)):
+        for name, value in (("streamer", streamer), ("stopping_criteria", stopping_criteria or None)):
             if value is not None:
                 raise NotImplementedError(f"generate(): {name} is not supported with beam search (num_beams > 1) "
                                           "yet; greedy decoding and sampling take it")

@@ -63,7 +63,6 @@ class GenerationMixin:
     def _forward_accepts(self, name: str) -> bool:
         return name in inspect.signature(self.forward).parameters
 
-
     @torch.no_grad()
     def generate(
         self,

@@ -153,14 +153,20 @@ def _merge(model: Any, generation_config: Any, model_kwargs: Dict[str, Any],
     return merged, set(passed)
 
 
+# Why an option is refused, where a plain "not supported" would leave the caller guessing.
+_WHY = {"stop_strings": "matching strings needs the tokenizer's vocabulary, and generate takes no tokenizer; "
+                        "pass stopping_criteria=[criterion] whose criterion(input_ids, scores) decodes the ids "
+                        "and checks the text"}
+
+
 def _refuse_unsupported(merged: Dict[str, Any], passed: set) -> None:
     for name, neutral in _UNSUPPORTED.items():
         value = merged.get(name)
         if not _is_neutral(value, neutral):
             origin = "" if name in passed else f" (set by the generation config; pass {name}={neutral!r})"
-            raise NotImplementedError(f"generate(): {name}={value!r} is not supported{origin}: greedy decoding, "
-                                      "sampling with temperature/top_k/top_p/repetition_penalty and "
-                                      "deterministic beam search only")
+            why = _WHY.get(name, "greedy decoding, sampling with temperature/top_k/top_p/repetition_penalty and "
+                                 "deterministic beam search only")
+            raise NotImplementedError(f"generate(): {name}={value!r} is not supported{origin}: {why}")
 
 
 def _check_sampling(temperature, top_k, top_p) -> None:
