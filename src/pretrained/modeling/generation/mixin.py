@@ -152,7 +152,10 @@ class GenerationMixin:
             start token first (encoder-decoder); n <= ``max_new_tokens`` (fewer
             when every row finished).  Beam search returns
             ``num_return_sequences`` rows per input row, one after the other,
-            hypotheses that ended early padded with ``pad_token_id``.
+            hypotheses that ended early padded with ``pad_token_id``.  With
+            ``return_dict_in_generate=True``, Transformers' output class instead
+            (``GenerateBeam*Output`` for beam search, with ``beam_indices`` and, given
+            ``output_scores``, ``sequences_scores``), see :mod:`.outputs`.
 
         Raises:
             ValueError: bad sampling, penalty, beam or length arguments
