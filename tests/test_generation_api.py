@@ -215,6 +215,18 @@ def test_processors_and_samples_equal_transformers(pair, prompt, options):
 def test_beam_search_refuses_what_it_lacks(pair, prompt):
     ours, _ = pair
     ids, _ = prompt
-    for options in (dict(streamer=_Recorder()), dict(return_dict_in_generate=True), dict(stopping_criteria=[len])):
+    for options in (dict(streamer=_Recorder()), dict(stopping_criteria=[len])):     # dict outputs: test_generation_beam_outputs
         with pytest.raises(NotImplementedError, match="beam"):
             ours.generate(ids, num_beams=2, max_new_tokens=2, **options)
+
+
+def test_stop_strings_refused_naming_the_keyword(pair, prompt):
+    """``stop_strings`` needs a tokenizer: refused by name (argument or generation config), never ignored."""
+    from pretrained import GenerationConfig
+
+    ours, _ = pair
+    ids, _ = prompt
+    with pytest.raises(NotImplementedError, match="stop_strings=.*tokenizer.*stopping_criteria"):
+        ours.generate(ids, stop_strings=["the"], tokenizer=object(), max_new_tokens=2)
+    with pytest.raises(NotImplementedError, match="stop_strings=.*generation config"):
+        ours.generate(ids, generation_config=GenerationConfig(stop_strings="the"), max_new_tokens=2)

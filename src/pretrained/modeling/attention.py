@@ -122,14 +122,7 @@ def attention(
         mask = mask.to(query.dtype)
     groups = query.shape[1] // key.shape[1]
     gqa = {}
-    if groups > 1:
-        if q_len == 1 and (mask is None or mask.shape[1] == 1):
-            # (B, H, 1, D) -> (B, Hkv, groups, D): a group's queries share one key head, no causality to mind
-            batch, heads, _, _ = query.shape
-            out = F.scaled_dot_product_attention(
-                query.reshape(batch, heads // groups, groups, query.shape[-1]), key, value, attn_mask=mask,
-                dropout_p=dropout_p, scale=scale)
-            return out.reshape(out.shape[0], heads, 1, value.shape[-1]), None
+    if groups > 1:  # as Transformers 5.25 calls it, so decode steps are bit-identical to its own
         if mask is None:
             gqa = {"enable_gqa": True}
         else:

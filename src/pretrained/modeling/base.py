@@ -50,6 +50,7 @@ class PreTrainedModel(nn.Module, ModuleUtilsMixin, AdapterMixin, GradientCheckpo
     ``super().__init__(config)`` first and ``self.post_init()`` last.
     """
 
+    _abstract_base = True  # only in this class's own __dict__: from_pretrained refuses the bare base class
     config_class = None
     base_model_prefix = ""
     main_input_name = "input_ids"

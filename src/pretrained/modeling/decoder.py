@@ -37,8 +37,9 @@ from .activations import ACT2FN
 from .attention import additive_mask, attention, expanded_mask, packed_sequence_mask
 from .base import PreTrainedModel
 from .cache import prepare_cache
-from .generation import GenerationMixin, causal_lm_loss
+from .generation import GenerationMixin
 from .heads import last_token_classifier_output
+from .losses import causal_lm_loss
 from .mixin import init_normal_
 from .norms import RMSNorm
 from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutputWithPast, output_flags

@@ -75,11 +75,10 @@ def check_loadable_class(cls: type, name_or_path: Any, config: Any, hub: dict) -
         ValueError: naming the class ``config.json``'s ``architectures`` lists,
             or the auto class to use.
     """
-    from .base import PreTrainedModel
-
-    if cls is not PreTrainedModel and (cls.config_class is not None or isinstance(config, PretrainedConfig)):
+    bare = bool(cls.__dict__.get("_abstract_base"))  # PreTrainedModel itself, not a subclass
+    if not bare and (cls.config_class is not None or isinstance(config, PretrainedConfig)):
         return
-    what = "is the abstract base class (no layers)" if cls is PreTrainedModel else "defines no config_class"
+    what = "is the abstract base class (no layers)" if bare else "defines no config_class"
     named = _architectures(name_or_path, hub) if name_or_path is not None else None
     hint = (f"config.json there names {named}: use pretrained.{named[0]}.from_pretrained(...)" if named
             else "use the model class of that checkpoint (e.g. pretrained.BertModel)")

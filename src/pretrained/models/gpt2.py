@@ -37,8 +37,9 @@ from ..modeling.attention import (attention, causal_mask, expanded_mask, find_pr
                                   packed_sequence_mask)
 from ..modeling.base import PreTrainedModel
 from ..modeling.cache import prepare_cache
-from ..modeling.generation import GenerationMixin, causal_lm_loss
+from ..modeling.generation import GenerationMixin
 from ..modeling.heads import last_token_classifier_output
+from ..modeling.losses import causal_lm_loss
 from ..modeling.mixin import init_normal_
 from ..modeling.outputs import (BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions,
                                 SequenceClassifierOutputWithPast, output_flags)
