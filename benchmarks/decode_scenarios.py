@@ -21,18 +21,25 @@
   right-padded: ours SDPA, ours padding-free (``to_bettertransformer()``), Transformers' SDPA;
   ``seq_per_s`` = ``G4_BATCH`` / the median of ``G4_ITERS`` forwards after a warm-up.
 
+``BENCH_QUICK=1`` in the environment shrinks every size (8 new tokens, a 64-token prefill, 4
+batched tokens, 4 BERT rows of 16..64) to check that the scenarios run on a loaded machine;
+its figures are not the issue's.
+
 The compared sample is in fp32 where there is one (greedy tokens in bf16 may split at near
 ties: see ``benchmarks/numerics_llama.py``).
 """
 
 from __future__ import annotations
 
+import os
+
 from scenarios import GPT2_MEDIUM_FP32, LLAMA_1B_BF16, Checkpoint, Impl, Scenario, _code
 
-G1_NEW, G1_PROMPT = 128, 32
-G2_PROMPT = 512
-G3_LENGTHS, G3_NEW = (32, 28, 24, 20, 16, 12, 8, 4), 32
-G4_BATCH, G4_MIN, G4_MAX, G4_ITERS = 8, 32, 256, 3
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+G1_NEW, G1_PROMPT = (8 if QUICK else 128), 32
+G2_PROMPT = 64 if QUICK else 512
+G3_LENGTHS, G3_NEW = (32, 28, 24, 20, 16, 12, 8, 4), (4 if QUICK else 32)
+G4_BATCH, G4_MIN, G4_MAX, G4_ITERS = (4, 16, 64, 1) if QUICK else (8, 32, 256, 3)
 READ_REPEATS = 3
 
 OURS_IMPORT = "import gc, time\nimport torch\nfrom pretrained import AutoModelForCausalLM\n"

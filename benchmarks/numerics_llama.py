@@ -102,11 +102,12 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--new", type=int, default=32)
     parser.add_argument("--show", type=int, default=40)
+    parser.add_argument("--path", help="an existing Llama checkpoint instead of building one (e.g. the 1.1B)")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--attn", default="eager,sdpa")
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    path = build(args.layers)
+    path = Path(args.path) if args.path else build(args.layers)
     ids = torch.randint(3, 32000, (1, args.tokens), generator=torch.Generator().manual_seed(0))
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -136,6 +137,22 @@ def main() -> int:
                     print(f"  greedy: first differing token at step {diff}: {side} top-2 {top.indices.tolist()} "
                           f"margin {float(top.values[0] - top.values[1]):.4g}")
                 print(f"    max abs logits diff at step 0: {(la[0] - lb[0]).abs().max().item():.3g}")
+            gen = {}
+            for side, model, kw in (("ours", ours, {"eos_token_id": []}), ("transformers", theirs, {"eos_token_id": None})):
+                with torch.inference_mode():
+                    out = model.generate(ids, do_sample=False, max_new_tokens=args.new, pad_token_id=0,
+                                         output_logits=True, return_dict_in_generate=True, **kw)
+                gen[side] = (out.sequences[0, ids.shape[1]:].tolist(), [x[0].float() for x in out.logits])
+            (ga, gla), (gb, glb) = gen["ours"], gen["transformers"]
+            print(f"  generate(): ours == own loop: {ga == ta}; transformers == own loop: {gb == tb}")
+            diff = next((i for i, (x, y) in enumerate(zip(ga, gb)) if x != y), None)
+            if diff is None:
+                print(f"  generate() {args.new} tokens: equal; step-0 logits bit-identical: {torch.equal(gla[0], glb[0])}")
+            else:
+                for side, logits in (("ours", gla[diff]), ("transformers", glb[diff])):
+                    top = logits.topk(2)
+                    print(f"  generate(): first differing token at step {diff}: {side} top-2 {top.indices.tolist()} "
+                          f"margin {float(top.values[0] - top.values[1]):.4g}")
             del ours, theirs
     return 0
 
