@@ -128,7 +128,7 @@ def folder_size(folder: Path) -> int:
 # --- running a scenario -----------------------------------------------------
 
 
-def run_scenario(scenario: Scenario, repeats: int, baseline: Path | None = None) -> dict:
+def run_scenario(scenario: Scenario, repeats: int, baseline: Path | None = None, warmups: int = 1) -> dict:
     """Warm up, then run ``repeats`` alternating rounds; return the raw record.
 
     ``baseline``: a ``src`` folder of an earlier revision; every ``ours*``
@@ -152,7 +152,7 @@ def run_scenario(scenario: Scenario, repeats: int, baseline: Path | None = None)
         return result
 
     for name in names:
-        record[name]["warmup"] = trial(name, "warm-up")
+        record[name]["warmup"] = trial(name, "warm-up") if warmups else {}
     active = [n for n in names if "error" not in record[n]["warmup"]]
     for round_index in range(repeats):
         order = active if round_index % 2 == 0 else active[::-1]
@@ -324,6 +324,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"comma-separated keys (default: {','.join(DEFAULT_SCENARIOS)}; "
                         f"all: {','.join(SCENARIOS)})")
     parser.add_argument("--repeats", type=int, default=5, help="measured runs per implementation (default 5)")
+    parser.add_argument("--warmups", type=int, choices=(0, 1), default=1,
+                        help="1 (default): one untimed warm-up trial per implementation; 0: none (quick checks)")
     parser.add_argument("--keep", action="store_true",
                         help="keep benchmarks/.cache/ (built checkpoints) for the next run; by default it is removed")
     parser.add_argument("--baseline", metavar="REV",
@@ -369,7 +371,7 @@ def main(argv=None) -> int:
         baseline = export_baseline(args.baseline) if args.baseline else None
         for key in args.scenarios:
             scenario = SCENARIOS[key]
-            record = run_scenario(scenario, args.repeats, baseline)
+            record = run_scenario(scenario, args.repeats, baseline, args.warmups)
             summary = summarize(record, scenario)
             print_table(scenario, summary, args.repeats)
             print(f"  results: {write_results(scenario, args.repeats, record, summary).relative_to(REPO)}\n")

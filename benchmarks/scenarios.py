@@ -12,8 +12,8 @@ Adding a scenario means adding entries here, nothing else:
   folder) and ``scratch`` (an empty folder, removed after the trial) defined.
   A step that sets ``logits`` gets them compared across implementations.
 
-``G1`` times ``generate`` on the Llama 1.1B bf16 checkpoint (5 shards) that
-S2/S3 are to share.
+``G1``-``G4`` (decode, prefill, batched decode, padded BERT) live in
+``decode_scenarios.py``.
 
 ``S4``/``S4b`` time disk offload (``device_map="auto"``, a CPU budget,
 ``offload_folder=scratch``) on GPT-2-medium, in fp32 and converted to bf16.
@@ -215,58 +215,6 @@ S6 = Scenario(
     notes="floor = `import torch` alone; ours = `import pretrained` (lazy: torch is not imported yet); "
     "ours_model = `from pretrained import GPT2LMHeadModel` (torch + the model module); "
     "transformers = `import transformers; from transformers import GPT2LMHeadModel`",
-)
-
-GENERATE_TOKENS, PROMPT_TOKENS = 32, 64
-
-
-def generate_steps(load: str, generate: str) -> tuple[tuple[str, str], ...]:
-    """Greedy generation timed in bf16, then in fp32 (loaded from the same bf16 checkpoint).
-
-    ``load`` is a format string with ``{dtype}``; ``generate`` an expression of
-    ``model`` and ``prompt`` that takes ``max_new_tokens=`` last (and disables
-    EOS so every run makes exactly ``GENERATE_TOKENS`` tokens).  A 2-token
-    generation warms each model up first (untimed in ``generate_*_s``).  The
-    compared sample is the last 4 new tokens of each dtype, as floats.
-    """
-    prompt = (f"prompt = torch.randint(3, 32000, (1, {PROMPT_TOKENS}), "
-              f"generator=torch.Generator().manual_seed(0))\n")
-    steps = []
-    for dtype in ("bfloat16", "float32"):
-        short = {"bfloat16": "bf16", "float32": "fp32"}[dtype]
-        free = "del model\ngc.collect()\n" if dtype == "float32" else prompt
-        steps += [
-            (f"load_{short}_s", free + load.format(dtype=dtype) + "\n"),
-            (f"warmup_{short}_s", f"{generate}max_new_tokens=2)\n"),
-            (f"generate_{short}_s", f"new_{short} = {generate}max_new_tokens={GENERATE_TOKENS})[:, {PROMPT_TOKENS}:]\n"
-                                    f"assert new_{short}.shape == (1, {GENERATE_TOKENS}), new_{short}.shape\n"),
-        ]
-    steps.append(("check_s", "logits = torch.cat([new_bf16[:, -4:], new_fp32[:, -4:]], -1).float()[None]\n"))
-    return tuple(steps)
-
-
-G1 = Scenario(
-    key="G1",
-    title=f"Llama 1.1B greedy generate: {GENERATE_TOKENS} new tokens from a {PROMPT_TOKENS}-token prompt, bf16 and fp32",
-    checkpoint=LLAMA_1B_BF16.key,
-    impls={
-        "ours": Impl(steps=(
-            ("import_s", "import gc\nimport torch\nfrom pretrained import AutoModelForCausalLM\n"),
-            *generate_steps("model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.{dtype})",
-                            "model.generate(prompt, do_sample=False, eos_token_id=[], "),
-        )),
-        "transformers": Impl(steps=(
-            ("import_s", "import gc\nimport torch\nimport transformers\n"
-                         "transformers.utils.logging.set_verbosity_error()\n"),
-            *generate_steps("model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.{dtype})",
-                            "model.generate(prompt, do_sample=False, eos_token_id=None, pad_token_id=0, "),
-        )),
-    },
-    atol=0.5,  # the "logits" are token ids: they must be equal
-    timeout_s=1800,
-    metrics=("wall_s", "load_bf16_s", "generate_bf16_s", "load_fp32_s", "generate_fp32_s"),
-    notes=f"tokens/s = {GENERATE_TOKENS} / generate_*_s (prefill of {PROMPT_TOKENS} tokens included, after a "
-    "2-token warm-up); logits check = the last 4 new token ids of each dtype, which must be equal",
 )
 
 def offload_load(api: str, budget: str, dtype: str | None = None) -> str:
@@ -537,6 +485,9 @@ Q1 = Scenario(
 )
 
 from adapter_scenarios import A1  # noqa: E402  (it imports the names above)
+from decode_scenarios import BERT_BASE, G1, G1G, G2, G3, G4  # noqa: E402
 
-SCENARIOS = {s.key: s for s in [S1, S2, S2Q, S3, S4, S4b, S4L, S5, S6, G1, A1, C1, C2, C3, Q1]}
+CHECKPOINTS[BERT_BASE.key] = BERT_BASE
+
+SCENARIOS = {s.key: s for s in [S1, S2, S2Q, S3, S4, S4b, S4L, S5, S6, G1, G1G, G2, G3, G4, A1, C1, C2, C3, Q1]}
 DEFAULT_SCENARIOS = [key for key in SCENARIOS if not key.startswith(("C", "Q"))]  # C*: CUDA only; Q*: slow
