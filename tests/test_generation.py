@@ -614,14 +614,14 @@ def test_encoder_decoder_contract(prompt):
 
 
 def _t5_pair(**extra):
-    from pretrained.models import t5
+    from pretrained.models import t5, t5_heads
 
     kw = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
               decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **extra)
     transformers.utils.logging.set_verbosity_error()
     torch.manual_seed(0)
     theirs = transformers.T5ForConditionalGeneration(transformers.T5Config(**kw)).eval()
-    ours = t5.T5ForConditionalGeneration(t5.T5Config(**kw)).eval()
+    ours = t5_heads.T5ForConditionalGeneration(t5.T5Config(**kw)).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     return ours, theirs
 
