@@ -122,7 +122,7 @@ def find_targets(model: nn.Module, config: LoraConfig) -> Tuple[List[str], List[
         module = modules[name]
         if not isinstance(module, LoraLayer) and linear_features(module) is None:
             raise ValueError(f"Target module {name} ({type(module).__name__}) is not supported: LoRA here wraps "
-                             "nn.Linear and Conv1D modules only")
+                             "nn.Linear, Conv1D and quantized linear modules only")
     save_names = []
     for entry in config.modules_to_save or []:
         found = [n for n in modules if n and n.endswith(entry) and n not in save_names]
@@ -156,7 +156,7 @@ def _parent(model: nn.Module, name: str) -> Tuple[nn.Module, str]:
 def _device_dtype(model: nn.Module, name: str, base: nn.Module) -> Tuple[torch.device, torch.dtype]:
     """Where the adapter of module ``name`` lives: with the base weight (its execution device when offloaded)."""
     weight = base.weight
-    dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+    dtype = weight.dtype if weight.dtype.is_floating_point else getattr(base, "compute_dtype", torch.float32)
     if weight.device.type != "meta":
         return weight.device, dtype
     placement = model.__dict__.get("_placement")

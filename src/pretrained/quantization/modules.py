@@ -53,10 +53,29 @@ class QuantizedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def _flat_call(x: torch.Tensor, fn) -> torch.Tensor:
-    flat = x.reshape(-1, x.shape[-1])
-    out = fn(flat.contiguous())
+def _flat_call(x: torch.Tensor, fn, module: "QuantizedLinear") -> torch.Tensor:
+    """``fn`` (a weight-only kernel over 2-D activations) on ``x`` of any leading shape.
+
+    The CPU kernels have no derivative; when ``x`` needs a gradient (an adapter or
+    prompt trained below this layer) :class:`_KernelMatmul` supplies it.
+    """
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    out = _KernelMatmul.apply(flat, fn, module) if flat.requires_grad and torch.is_grad_enabled() else fn(flat)
     return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class _KernelMatmul(torch.autograd.Function):
+    """``fn(x)`` forward; the input's gradient through the dequantized (frozen) weight backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fn, module: "QuantizedLinear") -> torch.Tensor:
+        ctx.module = module
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight = ctx.module.dequantized_weight(grad.dtype)                  # (out, in)
+        return grad @ weight, None, None
 
 
 class Int8Linear(QuantizedLinear):
@@ -80,7 +99,7 @@ class Int8Linear(QuantizedLinear):
         if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return self._fallback(x)
         scales = self._kernel_scales(x.dtype)
-        out = _flat_call(x, lambda a: torch._weight_int8pack_mm(a, self.weight, scales))
+        out = _flat_call(x, lambda a: torch._weight_int8pack_mm(a, self.weight, scales), self)
         return out if self.bias is None else out + self.bias.to(x.dtype)
 
     def _kernel_scales(self, dtype: torch.dtype) -> torch.Tensor:
@@ -214,7 +233,7 @@ class Int4Linear(QuantizedLinear):
         sz = self._scale_and_zeros
         if sz is None or sz.dtype != x.dtype or sz.device != x.device:
             sz = self._scale_and_zeros = formats.int4_scale_and_zeros(self.weight_scale, self.weight_zero, x.dtype)
-        out = _flat_call(x, lambda a: torch._weight_int4pack_mm_for_cpu(a, self.weight, self.group_size, sz))
+        out = _flat_call(x, lambda a: torch._weight_int4pack_mm_for_cpu(a, self.weight, self.group_size, sz), self)
         return out if self.bias is None else out + self.bias.to(x.dtype)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
