@@ -151,13 +151,17 @@ class LoraLayer(nn.Module):
             table.pop(name, None)
         self.active_adapters = [n for n in self.active_adapters if n != name]
 
-    def get_delta_weight(self, name: str) -> torch.Tensor:
-        """``scaling · B @ A`` in the base weight's layout (float32 math for half weights on CPU, as PEFT)."""
+    def _factors(self, name: str) -> Tuple[torch.Tensor, torch.Tensor, torch.dtype, bool]:
+        """``(A, B, dtype, upcast)``: the factors to multiply (float32 for half weights on CPU, as PEFT),
+        their own dtype, and whether the product goes back to it."""
         weight_a, weight_b = self.lora_A[name].weight, self.lora_B[name].weight
         dtype = weight_b.dtype
         upcast = weight_b.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)
-        if upcast:
-            weight_a, weight_b = weight_a.float(), weight_b.float()
+        return (weight_a.float(), weight_b.float(), dtype, True) if upcast else (weight_a, weight_b, dtype, False)
+
+    def get_delta_weight(self, name: str) -> torch.Tensor:
+        """``scaling · B @ A`` in the base weight's layout (float32 math for half weights on CPU, as PEFT)."""
+        weight_a, weight_b, dtype, upcast = self._factors(name)
         delta = weight_b @ weight_a                                          # (out, in)
         if self.fan_in_fan_out:
             delta = delta.T
@@ -190,16 +194,8 @@ class LoraLayer(nn.Module):
         The numbers are :meth:`get_delta_weight`'s (PEFT's), computed a band of rows at a
         time: no full-size delta is allocated (a 5632x2048 one is 46 MB of fresh pages per
         layer), and each band stays in cache."""
-        weight = self.base_layer.weight
-        if not weight.is_floating_point():
-            delta = self.get_delta_weight(name).to(weight.dtype)
-            weight.sub_(delta) if subtract else weight.add_(delta)
-            return
-        weight_a, weight_b = self.lora_A[name].weight, self.lora_B[name].weight
-        dtype = weight_b.dtype
-        upcast = weight_b.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)
-        if upcast:
-            weight_a, weight_b = weight_a.float(), weight_b.float()
+        weight = self.base_layer.weight  # floating point: merge() refuses quantized bases
+        weight_a, weight_b, dtype, upcast = self._factors(name)
         _prefault_for_write(weight)
         left, right = (weight_a.T, weight_b.T) if self.fan_in_fan_out else (weight_b, weight_a)  # weight's rows
         rows = max(1, (1 << 20) // right.shape[1])                                             # ~4 MB bands
