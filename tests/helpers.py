@@ -228,3 +228,16 @@ def write_sharded_bin(state_dict: dict[str, torch.Tensor], folder: str | os.Path
     index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
     (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return names
+
+
+def train_losses(model, ids, *, steps: int = 8, lr: float = 1e-2) -> list:
+    """Losses of ``steps`` AdamW steps of ``model(ids, labels=ids)`` over its trainable parameters."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -17,7 +17,7 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 import pretrained  # noqa: E402
-from helpers import assert_close  # noqa: E402
+from helpers import assert_close, train_losses  # noqa: E402
 from pretrained.adapters import LoraConfig  # noqa: E402
 from pretrained.errors import CheckpointError, WeightsMismatchError  # noqa: E402
 
@@ -228,14 +228,7 @@ def test_add_adapter_trains_only_the_adapter_and_lowers_the_loss(bases, ids):
                              for n in trainable)
     assert any(".modules_to_save." in n for n in trainable) and any("base_layer.bias" in n for n in trainable)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(8):
-        loss = model(ids, labels=ids).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, ids)
     assert losses[-1] < losses[0] - 0.05, losses
 
 

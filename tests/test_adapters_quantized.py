@@ -13,6 +13,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import pretrained  # noqa: E402
+from helpers import train_losses  # noqa: E402
 from pretrained import BitsAndBytesConfig, Int4Config  # noqa: E402
 from pretrained.adapters import LoraConfig  # noqa: E402
 
@@ -65,15 +66,8 @@ def test_training_on_a_quantized_base_moves_only_the_adapter(llama_dir, mode):
     frozen = {n: t.detach().clone() for n, t in model.state_dict().items() if "lora_" not in n}
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all(p.is_floating_point() for p in trainable)
-    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
     ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(0))
-    losses = []
-    for _ in range(8):
-        loss = model(ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_losses(model, ids)
     assert losses[-1] < losses[0]
     assert all(torch.equal(t, frozen[n]) for n, t in model.state_dict().items() if n in frozen)
 

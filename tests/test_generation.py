@@ -59,14 +59,18 @@ def pair(request):
     return _pair(request.param)
 
 
-@pytest.fixture(scope="module")
-def prompt():
+def left_padded_prompt():
     """A (3, 7) left-padded batch (0, 2 and 4 pads) and its mask; pads are token 0."""
     ids = torch.randint(3, VOCAB, (3, 7), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, :2] = 0
     mask[2, :4] = 0
     return ids.masked_fill(mask == 0, PAD), mask
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    return left_padded_prompt()
 
 
 _NO_STOP = {}

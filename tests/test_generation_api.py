@@ -11,7 +11,7 @@ from helpers import assert_close
 
 transformers = pytest.importorskip("transformers")
 
-from test_generation import PAD, VOCAB, _pair, _t5_pair  # noqa: E402
+from test_generation import PAD, _pair, _t5_pair, left_padded_prompt  # noqa: E402
 
 NEW = 8
 
@@ -23,11 +23,7 @@ def pair(request):
 
 @pytest.fixture(scope="module")
 def prompt():
-    ids = torch.randint(3, VOCAB, (3, 7), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(ids)
-    mask[1, :2] = 0
-    mask[2, :4] = 0
-    return ids.masked_fill(mask == 0, PAD), mask
+    return left_padded_prompt()
 
 
 # ----------------------------------------------------------------------------- item 3: unknown keywords

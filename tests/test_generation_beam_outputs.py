@@ -12,18 +12,14 @@ from helpers import assert_close
 
 transformers = pytest.importorskip("transformers")
 
-from test_generation import BEAM_PAD, NEW, PAD, VOCAB, _beam_eos, _pair, _t5_pair  # noqa: E402
+from test_generation import BEAM_PAD, NEW, _beam_eos, _pair, _t5_pair, left_padded_prompt  # noqa: E402
 
 FULL = dict(return_dict_in_generate=True, output_scores=True, output_logits=True)
 
 
 @pytest.fixture(scope="module")
 def prompt():
-    ids = torch.randint(3, VOCAB, (3, 7), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(ids)
-    mask[1, :2] = 0
-    mask[2, :4] = 0
-    return ids.masked_fill(mask == 0, PAD), mask
+    return left_padded_prompt()
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama", "t5"])
