@@ -96,6 +96,20 @@ def greedy(model, ids, new: int):
     return tokens, steps
 
 
+def report_tokens(label, ours, theirs, ours_logits, theirs_logits):
+    """Print whether two greedy token lists agree, else each side's top-2 and margin at the
+    first differing step; return that step (None when equal)."""
+    diff = next((i for i, (x, y) in enumerate(zip(ours, theirs)) if x != y), None)
+    if diff is None:
+        print(f"  {label} {len(ours)} tokens: equal")
+        return None
+    for side, logits in (("ours", ours_logits[diff]), ("transformers", theirs_logits[diff])):
+        top = logits.topk(2)
+        print(f"  {label}: first differing token at step {diff}: {side} top-2 {top.indices.tolist()} "
+              f"margin {float(top.values[0] - top.values[1]):.4g}")
+    return diff
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, default=2)
@@ -128,14 +142,7 @@ def main() -> int:
             report("decode step (q_len 1)", compare(a1, b1), 0)
             ta, la = greedy(ours, ids, args.new)
             tb, lb = greedy(theirs, ids, args.new)
-            diff = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), None)
-            if diff is None:
-                print(f"  greedy {args.new} tokens: equal")
-            else:
-                for side, logits in (("ours", la[diff]), ("transformers", lb[diff])):
-                    top = logits.topk(2)
-                    print(f"  greedy: first differing token at step {diff}: {side} top-2 {top.indices.tolist()} "
-                          f"margin {float(top.values[0] - top.values[1]):.4g}")
+            if report_tokens("greedy", ta, tb, la, lb) is not None:
                 print(f"    max abs logits diff at step 0: {(la[0] - lb[0]).abs().max().item():.3g}")
             gen = {}
             for side, model, kw in (("ours", ours, {"eos_token_id": []}), ("transformers", theirs, {"eos_token_id": None})):
@@ -145,14 +152,8 @@ def main() -> int:
                 gen[side] = (out.sequences[0, ids.shape[1]:].tolist(), [x[0].float() for x in out.logits])
             (ga, gla), (gb, glb) = gen["ours"], gen["transformers"]
             print(f"  generate(): ours == own loop: {ga == ta}; transformers == own loop: {gb == tb}")
-            diff = next((i for i, (x, y) in enumerate(zip(ga, gb)) if x != y), None)
-            if diff is None:
-                print(f"  generate() {args.new} tokens: equal; step-0 logits bit-identical: {torch.equal(gla[0], glb[0])}")
-            else:
-                for side, logits in (("ours", gla[diff]), ("transformers", glb[diff])):
-                    top = logits.topk(2)
-                    print(f"  generate(): first differing token at step {diff}: {side} top-2 {top.indices.tolist()} "
-                          f"margin {float(top.values[0] - top.values[1]):.4g}")
+            if report_tokens("generate()", ga, gb, gla, glb) is None:
+                print(f"    step-0 logits bit-identical: {torch.equal(gla[0], glb[0])}")
             del ours, theirs
     return 0
 
